@@ -81,9 +81,17 @@ class MTPTrainingMode(StrEnum):
 
 
 class ModelFamily(StrEnum):
-    """Model families the trainer can build and export. Only qwen3_5 is implemented today."""
+    """Checkpoint families the trainer can build, import and export.
+
+    Both share one Megatron layout (dense, every layer full gated attention, one MTP module of
+    the Qwen3-Next design) and one weight mapping; they differ in config.json only. ``qwen3_5``
+    exports ``Qwen3_5ForCausalLM`` for GPU images. ``qwen3_next`` exports
+    ``Qwen3NextForCausalLM``, which vLLM's Qwen3.5 itself builds on and which loads on CPU
+    without torchvision (see docs/trainer.md).
+    """
 
     QWEN3_5 = "qwen3_5"
+    QWEN3_NEXT = "qwen3_next"
 
 
 class DType(StrEnum):
