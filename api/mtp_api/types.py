@@ -92,6 +92,13 @@ class ModelFamily(StrEnum):
 
     QWEN3_5 = "qwen3_5"
     QWEN3_NEXT = "qwen3_next"
+    QWEN3_5_MOE = "qwen3_5_moe"
+
+
+# Families whose Megatron provider and weight mapping exist in trainer/. The others are accepted
+# by the API (so manifests for real clusters can be written today) and refused by the trainer at
+# start-up with a clear message; `mtpjob validate` warns about them.
+TRAINER_FAMILIES = frozenset({ModelFamily.QWEN3_5, ModelFamily.QWEN3_NEXT})
 
 
 class DType(StrEnum):

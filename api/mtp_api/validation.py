@@ -335,6 +335,14 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
             errors.append(
                 Finding("spec.rollout.gpusPerReplica", "must be at least tensorParallelSize")
             )
+    if spec.model.family not in t.TRAINER_FAMILIES:
+        warnings.append(
+            Finding(
+                "spec.model.family",
+                f"{spec.model.family}: the trainer in this release builds "
+                f"{', '.join(sorted(t.TRAINER_FAMILIES))}; this job will be refused at trainer start-up",
+            )
+        )
     mode = tr.mtp.training_mode
     if mode == t.MTPTrainingMode.STANDALONE and spec.pipeline == t.Pipeline.SFT:
         warnings.append(

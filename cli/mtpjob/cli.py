@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("cmd_validate", "check manifests as `kubectl apply` would, plus the checks CEL cannot express"),
     "crd": ("cmd_crd", "print the generated CustomResourceDefinition"),
+    "import-roll": ("cmd_import_roll", "convert a ROLL pipeline YAML into an MTPTrainingJob"),
 }
 
 
