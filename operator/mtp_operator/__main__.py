@@ -1,0 +1,3 @@
+from mtp_operator.main import main
+
+main()

@@ -1,0 +1,36 @@
+"""The job's ConfigMap: the file the trainer reads (``job.yaml``) and the rollout's server plan."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from mtp_api import types as t
+from mtp_rollout.launcher import server_plan
+
+from mtp_operator import names
+from mtp_operator.builders import common
+from mtp_operator.builders.model_path import rollout_model_path
+
+
+def job_document(job: t.MTPTrainingJob) -> dict[str, Any]:
+    """The job as the trainer reads it: apiVersion, kind, name/namespace and the defaulted spec."""
+    meta: dict[str, Any] = {"name": job.metadata.name}
+    if job.metadata.namespace:
+        meta["namespace"] = job.metadata.namespace
+    return {"apiVersion": t.API_VERSION, "kind": t.KIND, "metadata": meta, "spec": job.spec.wire()}
+
+
+def build_config_map(job: t.MTPTrainingJob) -> dict[str, Any]:
+    data = {names.CONFIG_FILE: yaml.safe_dump(job_document(job), sort_keys=True)}
+    if job.spec.rollout is not None:
+        plan = server_plan(job, rollout_model_path(job))
+        data[names.ROLLOUT_PLAN_FILE] = json.dumps({"args": plan.args, "env": plan.env}, indent=2, sort_keys=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": common.metadata(job, names.config_map(job), names.COMPONENT_CONFIG),
+        "data": data,
+    }

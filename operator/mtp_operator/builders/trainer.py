@@ -1,0 +1,124 @@
+"""The trainer StatefulSet: one torchrun agent per pod, rendezvous derived from the pod index.
+
+A StatefulSet (not a Job) gives every pod a stable DNS name through the headless Service, so rank 0
+is always ``<job>-trainer-0.<job>-trainer``, and gives the pod index as a label, which becomes
+``NODE_RANK`` through the downward API. ``$(VAR)`` references in the command are expanded by the
+kubelet from the container's env, so the command stays the same for every pod.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtp_api import types as t
+
+from mtp_operator import names
+from mtp_operator.builders import common
+from mtp_operator.builders.model_path import output_dir, source_model_path
+
+
+def master_addr(job: t.MTPTrainingJob) -> str:
+    host = f"{names.trainer(job)}-0.{names.trainer(job)}"
+    return f"{host}.{job.metadata.namespace}.svc" if job.metadata.namespace else host
+
+
+def trainer_env(job: t.MTPTrainingJob) -> list[dict[str, Any]]:
+    tr = job.spec.trainer
+    env: list[dict[str, Any]] = [
+        {"name": "MASTER_ADDR", "value": master_addr(job)},
+        {"name": "MASTER_PORT", "value": str(names.RENDEZVOUS_PORT)},
+        {"name": "NNODES", "value": str(tr.replicas)},
+        {
+            "name": "NODE_RANK",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{names.POD_INDEX_LABEL}']"}},
+        },
+        {"name": "NPROC_PER_NODE", "value": str(max(tr.gpus_per_replica, 1))},
+        {"name": "MTP_JOB_NAME", "value": job.metadata.name},
+        {"name": "MTP_METRICS_PORT", "value": str(tr.metrics_port)},
+    ]
+    model = source_model_path(job)
+    if model is not None:
+        env.append({"name": "MTP_MODEL_PATH", "value": model})
+    return env
+
+
+def trainer_command(job: t.MTPTrainingJob) -> list[str]:
+    return [
+        "torchrun",
+        "--nnodes=$(NNODES)",
+        "--nproc-per-node=$(NPROC_PER_NODE)",
+        "--node-rank=$(NODE_RANK)",
+        "--master-addr=$(MASTER_ADDR)",
+        "--master-port=$(MASTER_PORT)",
+        "-m",
+        "mtp_trainer.main",
+        "--job",
+        f"{names.CONFIG_MOUNT_DIR}/{names.CONFIG_FILE}",
+        "--output-dir",
+        output_dir(job),
+    ]
+
+
+def trainer_volumes(job: t.MTPTrainingJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    vols = job.spec.trainer.volumes
+    pairs = [common.config_volume(job), common.shm_volume()]
+    if vols.data is not None:
+        pairs.append(common.pvc_volume("data", vols.data, read_only=True))
+    if vols.checkpoints is not None:
+        pairs.append(common.pvc_volume("checkpoints", vols.checkpoints))
+    else:
+        pairs.append(({"name": "output", "emptyDir": {}}, {"name": "output", "mountPath": names.DEFAULT_OUTPUT_DIR}))
+    source = common.model_source_volume(job)
+    if source is not None:
+        pairs.append(source)
+    return [v for v, _ in pairs], [m for _, m in pairs]
+
+
+def build_trainer_statefulset(job: t.MTPTrainingJob, *, replicas: int, config_hash: str) -> dict[str, Any]:
+    """``replicas`` is the spec's, or 0 when suspended or finished; the caller decides."""
+    tr = job.spec.trainer
+    volumes, mounts = trainer_volumes(job)
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": tr.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": trainer_command(job),
+        "env": trainer_env(job),
+        "ports": [
+            {"name": "rdzv", "containerPort": names.RENDEZVOUS_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": tr.metrics_port, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"tcpSocket": {"port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3},
+        "volumeMounts": mounts,
+        "securityContext": common.container_security_context(),
+    }
+    res = common.resources(tr.resources, tr.gpus_per_replica)
+    if res:
+        container["resources"] = res
+    labels = names.labels(job, names.COMPONENT_TRAINER)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": common.metadata(job, names.trainer(job), names.COMPONENT_TRAINER),
+        "spec": {
+            "serviceName": names.trainer(job),
+            "replicas": replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": names.selector(job, names.COMPONENT_TRAINER)},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        names.ANNOTATION_CONFIG_HASH: config_hash,
+                        "kubectl.kubernetes.io/default-container": "trainer",
+                    },
+                },
+                "spec": {
+                    "securityContext": common.pod_security_context(),
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }

@@ -1,0 +1,164 @@
+"""Thin Kopf wiring: every handler turns an event into a call of ``reconcile.reconcile``.
+
+Handlers are registered into a fresh ``kopf.OperatorRegistry`` built from the typed settings, so
+the resync interval and label selectors come from one object read at startup, and tests can run
+several operators in one process. Children are seen through Kopf indexes (Kopf populates them
+before any handler runs, so a restarted operator sees existing children and does not re-create
+them); child events only wake the owning job's reconcile.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+from kopf._cogs.structs.references import Selector
+
+from mtp_api import types as t
+
+from mtp_operator import metrics, names
+from mtp_operator.kube import Kube
+from mtp_operator.metrics_store import JobKey
+from mtp_operator.observed import ChildState, PodState, observed_from, summarize_child, summarize_pod
+from mtp_operator.reconcile import reconcile
+from mtp_operator.runtime import Runtime
+from mtp_operator.settings import OperatorConfig
+
+MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+MANAGED_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
+
+# (group, version, plural, kind) of every child kind and of pods.
+CHILD_KINDS = (
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "services", "Service"),
+    ("apps", "v1", "statefulsets", "StatefulSet"),
+    ("apps", "v1", "deployments", "Deployment"),
+)
+POD_KIND = ("", "v1", "pods", "Pod")
+
+
+def _job_key(meta: Mapping[str, Any]) -> JobKey | None:
+    job = (meta.get("labels") or {}).get(names.LABEL_JOB)
+    return (meta.get("namespace", ""), job) if job else None
+
+
+def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.posting.level = logging.WARNING  # no Event writes for routine progress
+    settings.peering.name = config.peering_name
+    settings.peering.priority = config.peering_priority
+    settings.peering.standalone = config.standalone
+    settings.peering.mandatory = not config.standalone
+    settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = [1, 2, 4]  # Kopf's own watches; our calls use none
+    for group, _, plural, _ in (*CHILD_KINDS, POD_KIND):
+        settings.watching.label_selectors[Selector(group=group, plural=plural)] = MANAGED_SELECTOR
+    return settings
+
+
+def _observed(key: JobKey, indexes: Iterable[Mapping[JobKey, Iterable[ChildState]]],
+              pods: Mapping[JobKey, Iterable[PodState]]) -> Any:
+    children = [c for idx in indexes if key in idx for c in idx[key]]
+    return observed_from(children, pods[key] if key in pods else [])
+
+
+def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """All handlers of the operator, parameterised by the settings."""
+    registry = kopf.OperatorRegistry()
+    jobs = (t.GROUP, t.VERSION, t.PLURAL)
+
+    @kopf.on.startup(id="startup", registry=registry)
+    async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+        memo.runtime = Runtime(config=config, kopf_settings=settings)
+        metrics.serve(config.metrics_port)
+        logger.info(f"mtp-operator started: {config.model_dump()}")
+
+    def _index_of(kind: str) -> Any:
+        def index(meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> dict[JobKey, ChildState] | None:
+            key = _job_key(meta)
+            return {key: summarize_child(kind, body)} if key else None
+        return index
+
+    child_indexes = []
+    for group, version, plural, kind in CHILD_KINDS:
+        fn = _index_of(kind)
+        fn.__name__ = f"idx_{plural}"
+        kopf.index(group, version, plural, labels=MANAGED, id=fn.__name__, registry=registry)(fn)
+        child_indexes.append(fn.__name__)
+
+    @kopf.index(*POD_KIND[:3], labels=MANAGED, id="idx_pods", registry=registry)
+    def idx_pods(meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> dict[JobKey, PodState] | None:
+        key = _job_key(meta)
+        return {key: summarize_pod(body)} if key else None
+
+    @kopf.index(*jobs, id="idx_jobs", registry=registry)
+    def idx_jobs(meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> dict[JobKey, dict[str, Any]]:
+        return {(meta.get("namespace", ""), meta.get("name", "")): _snapshot(body)}
+
+    async def run(key: JobKey, body: Mapping[str, Any], trigger: str, kwargs: Mapping[str, Any]) -> None:
+        runtime: Runtime = kwargs["memo"].runtime
+        kube = Kube(runtime.kopf_settings, kwargs["logger"])
+        observed = _observed(key, [kwargs[n] for n in child_indexes], kwargs["idx_pods"])
+        metrics.RECONCILES.labels(trigger).inc()
+        with metrics.RECONCILE_SECONDS.time():
+            try:
+                outcome = await reconcile(body, observed, runtime, kube, datetime.datetime.now(datetime.UTC))
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels(trigger).inc()
+                raise
+        if outcome.actions:
+            kwargs["logger"].info(f"reconciled ({trigger}): {', '.join(outcome.actions)}")
+
+    @kopf.on.event(*jobs, id="job_event", registry=registry)
+    async def job_event(event: Mapping[str, Any], body: Mapping[str, Any], meta: Mapping[str, Any],
+                        **kwargs: Any) -> None:
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event.get("type") == "DELETED":
+            kwargs["memo"].runtime.forget(key)
+            metrics.forget_job(*key)
+            return
+        latest = kwargs["idx_jobs"].get(key)
+        await run(key, _latest(latest, body), "event", kwargs)
+
+    @kopf.timer(*jobs, interval=config.resync_seconds, id="resync", registry=registry)
+    async def resync(meta: Mapping[str, Any], body: Mapping[str, Any], **kwargs: Any) -> None:
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        await run(key, _latest(kwargs["idx_jobs"].get(key), body), "timer", kwargs)
+
+    async def child_event(event: Mapping[str, Any], meta: Mapping[str, Any], **kwargs: Any) -> None:
+        key = _job_key(meta)
+        if key is None or key not in kwargs["idx_jobs"]:
+            return
+        if event.get("type") == "DELETED":
+            kind = (event.get("object") or {}).get("kind", "")
+            kwargs["memo"].runtime.written[key].pop((kind, meta.get("name", "")), None)
+        await run(key, _latest(kwargs["idx_jobs"][key], None), "child", kwargs)
+
+    for group, version, plural, _ in (*CHILD_KINDS, POD_KIND):
+        kopf.on.event(group, version, plural, labels=MANAGED, id=f"child_{plural}", registry=registry)(child_event)
+
+    del startup, idx_pods, idx_jobs, job_event, resync
+    return registry
+
+
+def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in body.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _latest(store: Iterable[dict[str, Any]] | None, fallback: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The newest body of a job from the jobs index (one object, so one value), else the handler's."""
+    for body in store or ():
+        return body
+    assert fallback is not None
+    return fallback

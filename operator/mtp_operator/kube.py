@@ -1,0 +1,63 @@
+"""The few Kubernetes API calls the operator makes, over Kopf's own authenticated client.
+
+Reusing ``kopf._cogs.clients.api`` (Kopf is pinned exactly in pyproject.toml) means one login, one
+connection pool and the same credentials Kopf's watches use, in-cluster or from a kubeconfig.
+Retries are turned off (``backoffs=()``): a failed call raises, and the level-based reconcile
+retries on the next event or resync tick instead of sleeping inside a handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kopf._cogs.clients import api, errors
+from kopf._cogs.configs import configuration
+
+from mtp_api import types as t
+
+NotFound = errors.APINotFoundError
+Conflict = errors.APIConflictError
+ApiError = errors.APIError
+
+_PATHS = {
+    "ConfigMap": "api/v1/namespaces/{ns}/configmaps",
+    "Service": "api/v1/namespaces/{ns}/services",
+    "StatefulSet": "apis/apps/v1/namespaces/{ns}/statefulsets",
+    "Deployment": "apis/apps/v1/namespaces/{ns}/deployments",
+    t.KIND: f"apis/{t.API_VERSION}/namespaces/{{ns}}/{t.PLURAL}",
+}
+
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def collection(kind: str, namespace: str) -> str:
+    return _PATHS[kind].format(ns=namespace)
+
+
+class Kube:
+    """Create, merge-patch and delete by kind and name; counts its own writes for the metrics."""
+
+    def __init__(self, settings: configuration.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any]):
+        self.settings = settings
+        self.logger = logger
+
+    async def _call(self, method: str, url: str, payload: object | None = None,
+                    headers: dict[str, str] | None = None) -> Any:
+        response = await api.request(
+            method, url, payload=payload, headers=headers, settings=self.settings, logger=self.logger, backoffs=()
+        )
+        async with response:
+            return await response.json()
+
+    async def create(self, namespace: str, obj: dict[str, Any]) -> Any:
+        return await self._call("post", collection(obj["kind"], namespace), obj)
+
+    async def merge_patch(self, namespace: str, kind: str, name: str, patch: dict[str, Any],
+                          subresource: str | None = None) -> Any:
+        url = f"{collection(kind, namespace)}/{name}" + (f"/{subresource}" if subresource else "")
+        return await self._call("patch", url, patch, MERGE)
+
+    async def delete(self, namespace: str, kind: str, name: str) -> Any:
+        return await self._call("delete", f"{collection(kind, namespace)}/{name}",
+                                {"propagationPolicy": "Background"})

@@ -1,0 +1,64 @@
+"""Names and labels of everything the operator creates for one MTPTrainingJob.
+
+Kept in one place so that builders, the observed-state indexes, the chart's PodMonitors and the
+dashboards agree on them; a rename here is a rename everywhere.
+"""
+
+from __future__ import annotations
+
+from mtp_api import types as t
+
+MANAGED_BY = "mtp-operator"
+FIELD_MANAGER = "mtp-operator"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_JOB = "mtp.io/job-name"
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+
+ANNOTATION_SPEC_HASH = "mtp.io/spec-hash"
+ANNOTATION_CONFIG_HASH = "mtp.io/config-hash"
+
+COMPONENT_TRAINER = "trainer"
+COMPONENT_ROLLOUT = "rollout"
+COMPONENT_CONFIG = "config"
+
+CONFIG_MOUNT_DIR = "/etc/mtpjob"
+CONFIG_FILE = "job.yaml"
+ROLLOUT_PLAN_FILE = "rollout.json"
+DEFAULT_OUTPUT_DIR = "/var/lib/mtpjob/output"
+MODEL_MOUNT_DIR = "/models/source"
+RENDEZVOUS_PORT = 29500
+
+
+def config_map(job: t.MTPTrainingJob) -> str:
+    return f"{job.metadata.name}-config"
+
+
+def trainer(job: t.MTPTrainingJob) -> str:
+    """The StatefulSet and its headless Service share this name (pods are ``<name>-<index>``)."""
+    return f"{job.metadata.name}-trainer"
+
+
+def rollout(job: t.MTPTrainingJob) -> str:
+    """The rollout Deployment and its Service share this name."""
+    return f"{job.metadata.name}-rollout"
+
+
+def selector(job: t.MTPTrainingJob, component: str) -> dict[str, str]:
+    """The immutable pod selector of a workload: only labels that never change for a job."""
+    return {LABEL_JOB: job.metadata.name, LABEL_COMPONENT: component}
+
+
+def labels(job: t.MTPTrainingJob, component: str) -> dict[str, str]:
+    return {
+        LABEL_NAME: "mtptrainingjob",
+        LABEL_INSTANCE: job.metadata.name,
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PART_OF: "mtp",
+        LABEL_JOB: job.metadata.name,
+    }

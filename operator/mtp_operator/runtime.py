@@ -1,0 +1,33 @@
+"""The operator's in-memory state, created once at startup and shared through Kopf's ``memo``.
+
+Nothing here is a source of truth: all of it can be rebuilt from the API server, which is what
+happens after a restart (Kopf indexes re-list the children before any handler runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtp_operator.metrics_store import JobKey, LatestMetrics
+from mtp_operator.observed import ChildKey
+from mtp_operator.settings import OperatorConfig
+
+
+@dataclass
+class Runtime:
+    config: OperatorConfig
+    kopf_settings: Any = None  # kopf.OperatorSettings, for the API client's timeouts
+    metrics: LatestMetrics = field(default_factory=LatestMetrics)
+    written: dict[JobKey, dict[ChildKey, str]] = field(default_factory=lambda: defaultdict(dict))
+    status_written: dict[JobKey, dict[str, Any]] = field(default_factory=dict)
+    locks: dict[JobKey, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+
+    def forget(self, key: JobKey) -> None:
+        """A job is gone: drop everything kept for it."""
+        self.written.pop(key, None)
+        self.status_written.pop(key, None)
+        self.locks.pop(key, None)
+        self.metrics.drop(*key)

@@ -1,0 +1,122 @@
+"""Run the test API server and the operator each in a thread with its own event loop.
+
+Kopf's own advice: run ``kopf.operator`` in a thread with ``ready_flag``/``stop_flag``; in the test's
+event loop, Kopf's stop would cancel the test's own tasks. Tests stay synchronous and talk to the
+server through ``ServerThread.call``, which runs a function inside the server's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import kmock
+import kopf
+
+from mtp_api import types as t
+
+from mtp_operator.handlers import make_registry
+from mtp_operator.main import run_operator
+from mtp_operator.settings import OperatorConfig
+from mtp_operator.testing.apiserver import TestApiServer
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """A ``TestApiServer`` on a loopback port, with the MTPTrainingJob CRD and Kopf's peering kinds."""
+
+    def __init__(self, gc: bool = True) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = TestApiServer(gc=gc)
+        self.server.resources.load_bundled()
+        self.server.add_crd(t.GROUP, t.VERSION, t.PLURAL, t.KIND)
+        self.server.add_crd("kopf.dev", "v1", "kopfpeerings", "KopfPeering", status=False)
+        self.url = ""
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with self.server, kmock.Server(self.server) as srv:
+            self.url = str(srv.url).rstrip("/")
+            self._started.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._started.wait(30):
+            raise RuntimeError("test API server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def call(self, fn: Callable[[], T | Coroutine[Any, Any, T]]) -> T:
+        """Run ``fn`` (sync or async) in the server's loop and return its result."""
+
+        async def wrapper() -> T:
+            result = fn()
+            if asyncio.iscoroutine(result):
+                return await result  # type: ignore[no-any-return]
+            return result  # type: ignore[return-value]
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(30)
+
+
+class OperatorThread:
+    """The real operator (``run_operator``) against ``url``, logging in without credentials."""
+
+    def __init__(self, url: str, config: OperatorConfig | None = None) -> None:
+        self.config = config or OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=3600)
+        self.registry = make_registry(self.config)
+
+        @kopf.on.login(registry=self.registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
+
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(run_operator(self.config, registry=self.registry, ready_flag=self._ready,
+                                     stop_flag=self._stop))
+        except BaseException as exc:  # reported by stop(); a thread cannot raise into the test
+            self.error = exc
+            self._ready.set()
+
+    def __enter__(self) -> OperatorThread:
+        self._thread.start()
+        if not self._ready.wait(30) or self.error is not None:
+            raise RuntimeError(f"operator did not start: {self.error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        if self._thread.is_alive():
+            raise RuntimeError("operator did not stop")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.02) -> T:
+    """Poll until ``predicate()`` is truthy; the timeout only bounds a hang, it is not a measurement."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        time.sleep(interval)
