@@ -1,0 +1,230 @@
+"""Typed trainer configuration, derived once from the ``MTPTrainingJob`` spec.
+
+Each piece is a small frozen dataclass (torchtitan style); the root :class:`TrainerConfig` composes
+them and is built by :func:`from_job`. Everything downstream takes these objects, never the raw
+job, so that tests can build a model or a loop without a YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from mtp_api import types as t
+
+
+class ConfigError(ValueError):
+    """Bad input: the message names the spec field and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The dense full-attention Qwen3.5 / Qwen3-Next layout (see docs/trainer.md).
+
+    Gated attention (q_proj per head ``[q | gate]``), qk-RMSNorm, partial rotary, SwiGLU MLP,
+    RMSNorm everywhere, one MTP module per depth of the Qwen3-Next design.
+    """
+
+    family: str = t.ModelFamily.QWEN3_NEXT.value
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    head_dim: int = 32
+    ffn_hidden_size: int = 128
+    vocab_size: int = 512
+    tie_word_embeddings: bool = False
+    mtp_num_layers: int = 1
+    rotary_percent: float = 0.25
+    rotary_base: float = 10000.0
+    norm_eps: float = 1e-6
+    max_position_embeddings: int = 4096
+    dtype: str = t.DType.FLOAT32.value
+    init_std: float = 0.02
+
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+
+    def num_parameters(self) -> int:
+        """Parameter count of the trunk + MTP (used by the benchmark and logs)."""
+        h, f, v = self.hidden_size, self.ffn_hidden_size, self.vocab_size
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        layer = h * (2 * q + 2 * kv) + q * h + 3 * h * f + 2 * h + 2 * self.head_dim
+        mtp = layer + 2 * h * h + 3 * h
+        out = 0 if self.tie_word_embeddings else v * h
+        return v * h + out + self.num_layers * layer + h + self.mtp_num_layers * mtp
+
+
+@dataclass(frozen=True)
+class MTPConfig:
+    mode: str = t.MTPTrainingMode.JOINT.value
+    loss_scaling_factor: float = 0.3
+
+    def per_depth_scale(self, num_layers: int) -> float:
+        """Megatron's ``mtp_loss_scaling_factor / mtp_num_layers``."""
+        return self.loss_scaling_factor / max(num_layers, 1)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+    max_steps: int = 10
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_files: tuple[str, ...] = ("builtin:pydoc-topics",)
+    validation_files: tuple[str, ...] = ()
+    validation_fraction: float = 0.05
+    format: str = t.DataFormat.MESSAGES.value
+    seq_length: int = 128
+    micro_batch_size: int = 4
+    grad_accum_steps: int = 1
+    seed: int = 1234
+    base_dir: str = "."
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    save_steps: int = 100
+    eval_steps: int = 50
+    eval_batches: int = 4
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 0
+    job: str = "local"
+    namespace: str = ""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where the weights come from: ``tiny`` (random init), or an HF checkpoint directory."""
+
+    kind: str = "tiny"
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    mtp: MTPConfig = field(default_factory=MTPConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    seed: int = 1234
+
+
+def _source(job: t.MTPTrainingJob, base_dir: Path) -> SourceConfig:
+    src = job.spec.model.source
+    kind = src.kind()
+    if kind == "tiny":
+        return SourceConfig(kind="tiny")
+    if kind == "path":
+        assert src.path is not None
+        p = Path(src.path)
+        p = p if p.is_absolute() else base_dir / p
+        return SourceConfig(kind="path", path=str(p))
+    if kind == "pvc":
+        assert src.pvc is not None
+        # The operator mounts the claim at MTP_MODEL_MOUNT (default /model); the job names a sub-path.
+        root = Path(os.environ.get("MTP_MODEL_MOUNT", "/model"))
+        return SourceConfig(kind="path", path=str(root / src.pvc.path))
+    # huggingFace: an init container downloads the repo into MTP_MODEL_DIR before the trainer starts.
+    return SourceConfig(kind="path", path=os.environ.get("MTP_MODEL_DIR", "/model"))
+
+
+def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: int | None = None) -> TrainerConfig:
+    """Derive the trainer config from a validated job. Model dims for an imported checkpoint are
+    filled in later from its config.json (``hf_import.model_config_from_dir``)."""
+    base = base_dir or Path.cwd()
+    spec = job.spec
+    tr = spec.trainer
+    hp = tr.hyperparameters
+    strat = tr.strategy
+    mtp_layers = spec.model.mtp_num_layers or 0
+    mode = tr.mtp.training_mode
+    if mode != t.MTPTrainingMode.DISABLED and mtp_layers < 1:
+        raise ConfigError(
+            "spec.model.mtpNumLayers must be >= 1 for trainer.mtp.trainingMode "
+            f"{mode}; set it or use trainingMode: disabled"
+        )
+    ws = world_size or 1
+    mp = strat.tensor_parallel_size * strat.pipeline_parallel_size
+    if ws % mp != 0:
+        raise ConfigError(
+            f"spec.trainer.strategy: world size {ws} is not divisible by tensorParallelSize x "
+            f"pipelineParallelSize = {mp}; change replicas/gpusPerReplica or the parallel layout"
+        )
+    if strat.pipeline_parallel_size > 1:
+        raise ConfigError(
+            "spec.trainer.strategy.pipelineParallelSize > 1 is not supported by this trainer yet "
+            "(Megatron's pipeline schedules hard-code CUDA and MTP needs the last stage); set it to 1"
+        )
+    dp = ws // mp
+    accum = hp.gradient_accumulation_steps or max(hp.global_batch_size // (hp.micro_batch_size * dp), 1)
+    source = _source(job, base)
+    model = ModelConfig(family=str(spec.model.family), dtype=str(spec.model.dtype), mtp_num_layers=mtp_layers)
+    if spec.model.source.tiny is not None:
+        tiny = spec.model.source.tiny
+        model = replace(
+            model,
+            hidden_size=tiny.hidden_size,
+            num_layers=tiny.num_layers,
+            num_attention_heads=tiny.num_attention_heads,
+            num_key_value_heads=tiny.num_key_value_heads,
+            head_dim=tiny.hidden_size // tiny.num_attention_heads,
+            ffn_hidden_size=tiny.ffn_hidden_size,
+            vocab_size=tiny.vocab_size,
+            tie_word_embeddings=tiny.tie_word_embeddings,
+            max_position_embeddings=max(hp.seq_length, 512),
+        )
+    return TrainerConfig(
+        model=model,
+        source=source,
+        mtp=MTPConfig(mode=str(mode), loss_scaling_factor=tr.mtp.loss_scaling_factor),
+        optim=OptimConfig(
+            learning_rate=hp.learning_rate,
+            min_learning_rate=hp.min_learning_rate,
+            warmup_steps=hp.warmup_steps,
+            weight_decay=hp.weight_decay,
+            clip_grad=hp.clip_grad,
+            max_steps=hp.max_steps,
+        ),
+        data=DataConfig(
+            train_files=tuple(tr.data.train_files),
+            validation_files=tuple(tr.data.validation_files),
+            validation_fraction=tr.data.validation_fraction,
+            format=str(tr.data.format),
+            seq_length=hp.seq_length,
+            micro_batch_size=hp.micro_batch_size,
+            grad_accum_steps=accum,
+            seed=hp.seed,
+            base_dir=str(base),
+        ),
+        parallel=ParallelConfig(strat.tensor_parallel_size, strat.pipeline_parallel_size),
+        schedule=ScheduleConfig(save_steps=hp.save_steps, eval_steps=hp.eval_steps),
+        metrics=MetricsConfig(
+            port=tr.metrics_port, job=job.metadata.name, namespace=job.metadata.namespace or ""
+        ),
+        seed=hp.seed,
+    )

@@ -1,0 +1,72 @@
+"""Every CPU workaround for Megatron-core 0.16, in one place.
+
+Megatron-core is written for CUDA. It runs on CPU (gloo, world size >= 1) with a handful of
+workarounds, measured on megatron-core 0.16.1 + torch 2.13 CPU (see /work/shared/NOTES.md):
+
+1. ``torch.cuda.current_device()`` is called unconditionally in a few places that a CPU run
+   reaches: RoPE moves ``inv_freq`` to it on the first forward
+   (``rotary_pos_embedding.py: get_emb``), the attention KV-cache allocator, the CP roll in MTP and
+   the MTP loss tracker. On a machine without CUDA the real function raises, so we answer ``"cpu"``:
+   every caller uses the value only as a ``device=`` argument. The patch is applied only when CUDA
+   is absent, so a GPU run never sees it.
+2. ``model_parallel_cuda_manual_seed(seed, inference_rng_tracker=True)``: the default tracker
+   forks CUDA RNG states; the inference tracker does not.
+3. ``use_cpu_initialization=True`` and every fusion off (they are TE/apex/CUDA kernels); see
+   :func:`cpu_transformer_config_overrides`, which the model provider merges into its config.
+4. Layers come from ``get_gpt_layer_local_spec`` / ``get_gpt_mtp_block_spec(...,
+   use_transformer_engine=False)`` (no Transformer Engine on CPU): chosen by the model provider.
+5. The default causal mask is created on ``cuda`` (``transformer/utils.py``); the trainer always
+   passes an explicit boolean mask (``data.py`` builds a block-diagonal one for packed rows).
+6. ``get_forward_backward_func`` and ``get_megatron_optimizer`` hard-code CUDA, so the train loop
+   is a plain PyTorch loop with ``torch.optim.AdamW`` (and, on CPU, pipeline parallel size 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_PATCHED = False
+
+
+def on_cpu() -> bool:
+    """True when this process computes on CPU (no usable CUDA device)."""
+    return not torch.cuda.is_available()
+
+
+def apply() -> None:
+    """Install workaround 1 once per process, only when CUDA is absent. Idempotent."""
+    global _PATCHED
+    if _PATCHED or not on_cpu():
+        return
+
+    def _current_device() -> str:
+        return "cpu"
+
+    torch.cuda.current_device = _current_device  # type: ignore[assignment]
+    _PATCHED = True
+
+
+def seed_model_parallel_rng(seed: int) -> None:
+    """Workaround 2: Megatron's tensor-parallel RNG tracker without CUDA RNG forks on CPU."""
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    if on_cpu():
+        model_parallel_cuda_manual_seed(seed, inference_rng_tracker=True)
+    else:
+        model_parallel_cuda_manual_seed(seed)
+
+
+def cpu_transformer_config_overrides() -> dict[str, Any]:
+    """Workaround 3: TransformerConfig fields that must be off (or on) without CUDA kernels."""
+    return {
+        "use_cpu_initialization": True,
+        "bias_activation_fusion": False,
+        "bias_dropout_fusion": False,
+        "masked_softmax_fusion": False,
+        "persist_layer_norm": False,
+        "apply_rope_fusion": False,
+        "gradient_accumulation_fusion": False,
+        "cross_entropy_loss_fusion": False,
+    }

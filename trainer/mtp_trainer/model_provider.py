@@ -1,0 +1,115 @@
+"""Build the Megatron-core ``GPTModel`` (with its MTP block) for the supported layout.
+
+The layout is the dense, all-full-attention Qwen3.5 / Qwen3-Next decoder; every choice below
+exists so that the Hugging Face / vLLM implementation computes the same function (docs/trainer.md):
+
+- ``attention_output_gate``: Megatron's gated attention; ``linear_qkv`` rows per query group are
+  ``[q heads | gate heads | k | v]`` and the output is ``attn * sigmoid(gate)``, as in Qwen3-Next.
+- ``qk_layernorm`` with RMSNorm over the head dim, before RoPE, as ``q_norm`` / ``k_norm``.
+- ``rotary_percent=0.25`` with non-interleaved halves = HF ``partial_rotary_factor`` 0.25.
+- SwiGLU (``gated_linear_unit`` + silu) with ``linear_fc1 = [gate; up]``.
+- Plain RMSNorm with weight ``w``; Qwen3-Next stores ``w - 1`` (it computes ``x * (1 + w)``), which
+  the family mapping converts. (``layernorm_zero_centered_gamma`` would store ``w - 1`` natively
+  but Megatron's torch-norm wrapper, the only norm without TE/apex, rejects it.)
+- MTP: ``get_gpt_mtp_block_spec`` with the same local layer spec; its ``enorm``/``hnorm``/
+  ``eh_proj``/``transformer_layer``/``final_layernorm`` map onto ``mtp.pre_fc_norm_embedding`` /
+  ``pre_fc_norm_hidden`` / ``fc`` / ``layers.0`` / ``norm`` (concat order ``[embedding, hidden]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec, get_gpt_mtp_block_spec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from mtp_trainer import cpu_compat
+from mtp_trainer.config import ConfigError, ModelConfig
+
+
+@dataclass(frozen=True)
+class ModelProvider:
+    """``provide()`` returns a fresh GPTModel; the parallel state must already be initialised."""
+
+    model: ModelConfig
+    tensor_parallel_size: int = 1
+    mtp_loss_scaling_factor: float = 0.3
+
+    def transformer_config(self) -> TransformerConfig:
+        m = self.model
+        self._check()
+        dtype = m.torch_dtype()
+        kwargs: dict[str, Any] = {
+            "num_layers": m.num_layers,
+            "hidden_size": m.hidden_size,
+            "ffn_hidden_size": m.ffn_hidden_size,
+            "num_attention_heads": m.num_attention_heads,
+            "num_query_groups": m.num_key_value_heads,
+            "kv_channels": m.head_dim,
+            "normalization": "RMSNorm",
+            "layernorm_epsilon": m.norm_eps,
+            "qk_layernorm": True,
+            "attention_output_gate": True,
+            "gated_linear_unit": True,
+            "activation_func": F.silu,
+            "add_bias_linear": False,
+            "add_qkv_bias": False,
+            "hidden_dropout": 0.0,
+            "attention_dropout": 0.0,
+            "init_method_std": m.init_std,
+            "tensor_model_parallel_size": self.tensor_parallel_size,
+            "params_dtype": dtype,
+            "bf16": dtype == torch.bfloat16,
+            "fp16": dtype == torch.float16,
+            "mtp_num_layers": m.mtp_num_layers if m.mtp_num_layers > 0 else None,
+            # mtp_modes applies the factor itself; kept equal so GPTModel.forward computes the same loss.
+            "mtp_loss_scaling_factor": self.mtp_loss_scaling_factor,
+        }
+        if cpu_compat.on_cpu():
+            kwargs.update(cpu_compat.cpu_transformer_config_overrides())
+        return TransformerConfig(**kwargs)
+
+    def _check(self) -> None:
+        m = self.model
+        tp = self.tensor_parallel_size
+        if m.num_attention_heads % m.num_key_value_heads:
+            raise ConfigError("model numAttentionHeads must be a multiple of numKeyValueHeads")
+        if m.num_key_value_heads % tp:
+            raise ConfigError(
+                f"spec.trainer.strategy.tensorParallelSize {tp} must divide the key/value heads "
+                f"({m.num_key_value_heads}); lower tensorParallelSize"
+            )
+        if m.vocab_size % tp:
+            raise ConfigError(f"vocab size {m.vocab_size} must be divisible by tensorParallelSize {tp}")
+        rot = int(m.head_dim * m.rotary_percent)
+        if rot % 2:
+            raise ConfigError(f"head dim {m.head_dim} x rotary 0.25 = {rot} must be even; use a head dim multiple of 8")
+
+    def provide(self) -> GPTModel:
+        cpu_compat.apply()
+        cfg = self.transformer_config()
+        layer_spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+        mtp_spec = (
+            get_gpt_mtp_block_spec(cfg, layer_spec, use_transformer_engine=False) if cfg.mtp_num_layers else None
+        )
+        model = GPTModel(
+            config=cfg,
+            transformer_layer_spec=layer_spec,
+            vocab_size=self.model.vocab_size,
+            max_sequence_length=self.model.max_position_embeddings,
+            pre_process=True,
+            post_process=True,
+            parallel_output=True,
+            share_embeddings_and_output_weights=self.model.tie_word_embeddings,
+            position_embedding_type="rope",
+            rotary_percent=self.model.rotary_percent,
+            rotary_base=int(self.model.rotary_base),
+            mtp_block_spec=mtp_spec,
+        )
+        if not cpu_compat.on_cpu():
+            model = model.cuda()
+        return model

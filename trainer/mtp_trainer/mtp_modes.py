@@ -1,0 +1,178 @@
+"""The three MTP training modes: one forward over Megatron's own modules, with the cuts per mode.
+
+Design note: docs/mtp-training-modes.md. In short:
+
+- ``joint``: the MTP loss flows everywhere; total = lm + (factor / D) * sum_d mtp_d, which is what
+  Megatron's ``MTPLossAutoScaler`` adds in ``GPTModel._postprocess`` (a test checks the gradients
+  against ``GPTModel.forward`` itself).
+- ``standalone``: MTP learns from its own cross-entropy and no gradient reaches the trunk. Three
+  cuts (Megatron 0.19's ``mtp_detach_heads``): (1) the trunk hidden state entering depth 1,
+  (2) the embedding output that MTP reads (the shifted tokens), (3) the output weight used for
+  the MTP logits -- tied *or untied* (ROLL cuts it only when tied, and leaks into ``lm_head``).
+- ``disabled``: the MTP parameters are frozen (kept, checkpointed, exported) and the MTP forward
+  is skipped, so it costs nothing.
+
+The forward is composed from the GPTModel's own submodules (``_preprocess`` for embedding + RoPE,
+``decoder``, ``mtp.layers[d]``, ``output_layer``, ``compute_language_model_loss``) rather than
+calling ``GPTModel.forward``, because the cuts sit between those modules and because we need the
+per-depth logits for the top-1 agreement metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+from torch import Tensor, nn
+
+from mtp_api.types import MTPTrainingMode
+
+JOINT = MTPTrainingMode.JOINT.value
+STANDALONE = MTPTrainingMode.STANDALONE.value
+DISABLED = MTPTrainingMode.DISABLED.value
+MODES = (DISABLED, STANDALONE, JOINT)
+
+
+@dataclass
+class Batch:
+    """One micro-batch. ``labels[i]`` is token ``i+1``; ``loss_mask[i]`` says whether it counts.
+    ``attention_mask`` is Megatron's boolean mask (True = hidden), [b, 1, s, s]."""
+
+    input_ids: Tensor
+    position_ids: Tensor
+    labels: Tensor
+    loss_mask: Tensor
+    attention_mask: Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+@dataclass
+class ForwardOutput:
+    """Losses (scalar tensors) and top-1 counts; ``loss`` is what backward runs on."""
+
+    loss: Tensor
+    lm_loss: Tensor
+    mtp_losses: list[Tensor] = field(default_factory=list)
+    lm_correct: float = 0.0
+    lm_tokens: float = 0.0
+    mtp_correct: list[float] = field(default_factory=list)
+    mtp_tokens: list[float] = field(default_factory=list)
+    mtp_logits: list[Tensor] = field(default_factory=list)
+
+
+def is_mtp_param(name: str) -> bool:
+    return name.startswith("mtp.") or ".mtp." in name
+
+
+def mtp_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    return ((n, p) for n, p in model.named_parameters() if is_mtp_param(n))
+
+
+def trunk_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    return ((n, p) for n, p in model.named_parameters() if not is_mtp_param(n))
+
+
+def prepare(model: nn.Module, mode: str) -> None:
+    """Freeze the MTP weights in ``disabled`` mode (they stay in the state dict)."""
+    if mode not in MODES:
+        raise ValueError(f"spec.trainer.mtp.trainingMode {mode!r}: use one of {', '.join(MODES)}")
+    for _, p in mtp_parameters(model):
+        p.requires_grad_(mode != DISABLED)
+
+
+def clip_groups(model: nn.Module, mode: str) -> list[list[nn.Parameter]]:
+    """Gradient-norm clipping groups: in ``standalone`` the MTP head is clipped on its own, so
+    its (often larger) gradient norm never rescales the trunk's update, and vice versa."""
+    trunk = [p for _, p in trunk_parameters(model) if p.requires_grad]
+    mtp = [p for _, p in mtp_parameters(model) if p.requires_grad]
+    if mode == STANDALONE:
+        return [trunk, mtp]
+    return [trunk + mtp]
+
+
+def _roll_left(x: Tensor, k: int) -> Tensor:
+    """Shift along the sequence by ``k`` with zero fill (Megatron's ``roll_tensor``, CP=1)."""
+    out = torch.zeros_like(x)
+    if k < x.shape[-1]:
+        out[..., : x.shape[-1] - k] = x[..., k:]
+    return out
+
+
+def _masked_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@torch.no_grad()
+def _top1(logits: Tensor, labels: Tensor, mask: Tensor) -> tuple[float, float]:
+    """Correct / counted top-1 predictions; logits [s, b, v/tp] are gathered over TP first."""
+    full = gather_from_tensor_model_parallel_region(logits)
+    pred = full.argmax(dim=-1).transpose(0, 1)
+    return float(((pred == labels).float() * mask).sum()), float(mask.sum())
+
+
+def output_weight(model: GPTModel) -> Tensor:
+    if model.share_embeddings_and_output_weights:
+        return model.shared_embedding_or_output_weight()
+    return model.output_layer.weight
+
+
+def forward(
+    model: GPTModel, batch: Batch, mode: str, loss_scaling_factor: float, keep_logits: bool = False
+) -> ForwardOutput:
+    """One forward of trunk (+ MTP unless disabled); returns the losses for ``mode``."""
+    mask = batch.loss_mask.float()
+    decoder_input, rotary_pos_emb = model._preprocess(input_ids=batch.input_ids, position_ids=batch.position_ids)[:2]
+    hidden = model.decoder(
+        hidden_states=decoder_input, attention_mask=batch.attention_mask, rotary_pos_emb=rotary_pos_emb
+    )
+    tied_weight = model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights else None
+    logits, _ = model.output_layer(hidden, weight=tied_weight)
+    lm_loss = _masked_mean(model.compute_language_model_loss(batch.labels, logits), mask)
+    out = ForwardOutput(loss=lm_loss, lm_loss=lm_loss)
+    out.lm_correct, out.lm_tokens = _top1(logits, batch.labels, mask)
+
+    mtp_block = getattr(model, "mtp", None)
+    if mode == DISABLED or mtp_block is None:
+        return out
+
+    standalone = mode == STANDALONE
+    embed: Callable[..., Tensor] = model.embedding
+    weight: Tensor | None = tied_weight
+    h = hidden
+    if standalone:
+        h = hidden.detach()  # cut 1: trunk hidden state into depth 1
+
+        def embed(input_ids: Tensor, position_ids: Tensor) -> Tensor:  # cut 2: shifted-token embedding
+            return model.embedding(input_ids=input_ids, position_ids=position_ids).detach()
+
+        weight = output_weight(model).detach()  # cut 3: output weight, tied or untied
+
+    depth_scale = loss_scaling_factor / len(mtp_block.layers)
+    ids, pos = batch.input_ids, batch.position_ids
+    total = lm_loss
+    for d, layer in enumerate(mtp_block.layers, start=1):
+        h, ids, pos = layer(
+            input_ids=ids,
+            position_ids=pos,
+            hidden_states=h,
+            attention_mask=batch.attention_mask,
+            rotary_pos_emb=rotary_pos_emb,
+            embedding=embed,
+        )
+        mtp_logits, _ = model.output_layer(h, weight=weight)
+        labels_d, mask_d = _roll_left(batch.labels, d), _roll_left(mask, d)
+        loss_d = _masked_mean(model.compute_language_model_loss(labels_d, mtp_logits), mask_d)
+        total = total + depth_scale * loss_d
+        out.mtp_losses.append(loss_d)
+        c, n = _top1(mtp_logits, labels_d, mask_d)
+        out.mtp_correct.append(c)
+        out.mtp_tokens.append(n)
+        if keep_logits:
+            out.mtp_logits.append(mtp_logits.detach())
+    out.loss = total
+    return out
