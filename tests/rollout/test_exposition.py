@@ -1,0 +1,64 @@
+"""The strict exposition parser: agrees with prometheus_client on real vLLM text, never raises on garbage."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mtp_rollout.exposition import parse
+from tests.rollout.conftest import FIXTURES, fixture_text
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("vllm_*.txt")), ids=lambda p: p.stem)
+def test_real_vllm_text_matches_prometheus_client(path):
+    text = path.read_text()
+    ours = parse(text)
+    assert ours.errors == []
+    theirs = {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if not math.isnan(s.value)
+    }
+    mine = {(s.name, s.labels, s.value) for s in ours.samples if not math.isnan(s.value)}
+    assert mine == theirs
+    assert any(s.name == "vllm:spec_decode_num_drafts_total" for s in ours.samples)
+
+
+def test_empty_scrape_is_no_samples_no_errors():
+    assert parse("").samples == [] and parse("").errors == []
+    assert parse("\n\n# HELP x y\n").samples == []
+
+
+def test_garbage_lines_are_reported_and_skipped():
+    good = fixture_text("vllm_k2_random_b")
+    text = (
+        "<html><body>502 Bad Gateway</body></html>\n"
+        + good[: len(good) // 2]
+        + '\nvllm:spec_decode_num_drafts_total{engine="0" 12\n'  # unterminated label set
+        + 'bad metric name{a="b"} 1\n'
+        + 'vllm:generation_tokens_total{engine="0",model_name="tiny"} twelve\n'
+        + 'dup{a="1",a="2"} 3\n'
+        + good[len(good) // 2 :]
+    )
+    result = parse(text)
+    assert len(result.errors) >= 5
+    assert all(e.startswith("line ") for e in result.errors)
+    assert {(s.name, s.labels) for s in result.samples} >= {
+        (s.name, s.labels) for s in parse(good).samples if s.name.startswith("vllm:spec_decode")
+    }
+
+
+def test_special_values_and_escapes():
+    result = parse('m{a="x\\"y\\\\z\\n"} NaN\nn +Inf 1700000000000\no -Inf\n')
+    assert result.errors == []
+    m, n, o = result.samples
+    assert m.label("a") == 'x"y\\z\n' and math.isnan(m.value)
+    assert n.value == math.inf and o.value == -math.inf
+
+
+def test_label_value_with_brace_and_comma():
+    (s,) = parse('m{a="}{,",b="2"} 4').samples
+    assert s.labels == (("a", "}{,"), ("b", "2")) and s.value == 4
