@@ -37,25 +37,40 @@ def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def trainer_config_hash(job: t.MTPTrainingJob) -> str:
+    """What the trainer pods depend on: the whole spec, less the rollout for SFT, whose trainer never
+    reads it. So a change of ``numSpeculativeTokens`` rolls the rollout but not a running SFT trainer,
+    while ``suspend`` (which only scales) restarts nothing."""
+    spec = job.spec.wire()
+    spec.pop("runPolicy", None)
+    if job.spec.pipeline == t.Pipeline.SFT:
+        spec.pop("rollout", None)
+    return stable_hash(spec)
+
+
+def rollout_config_hash(job: t.MTPTrainingJob) -> str:
+    """The rollout's inputs beyond its own args: the model it serves and the rollout spec."""
+    assert job.spec.rollout is not None
+    return stable_hash({"model": job.spec.model.wire(), "rollout": job.spec.rollout.wire()})
+
+
 def desired_children(job: t.MTPTrainingJob, scale: Scale = Scale()) -> list[dict[str, Any]]:
     """ConfigMap, headless Service, StatefulSet and, with a rollout, its Deployment and Service.
 
     Order matters for a first apply: the ConfigMap and Services exist before the pods that use them.
     """
-    cm = build_config_map(job)
-    config_hash = stable_hash(cm["data"])
     out = [
-        cm,
+        build_config_map(job),
         build_trainer_service(job),
         build_trainer_statefulset(
-            job, replicas=job.spec.trainer.replicas if scale.trainer else 0, config_hash=config_hash
+            job, replicas=job.spec.trainer.replicas if scale.trainer else 0, config_hash=trainer_config_hash(job)
         ),
     ]
     if job.spec.rollout is not None:
         out += [
             build_rollout_service(job),
             build_rollout_deployment(
-                job, replicas=job.spec.rollout.replicas if scale.rollout else 0, config_hash=config_hash
+                job, replicas=job.spec.rollout.replicas if scale.rollout else 0, config_hash=rollout_config_hash(job)
             ),
         ]
     return [_stamp(o) for o in out]

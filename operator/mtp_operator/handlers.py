@@ -16,6 +16,7 @@ from typing import Any
 
 import kopf
 from kopf._cogs.structs.references import Selector
+from kopf._core.intents.registries import SmartOperatorRegistry
 
 from mtp_api import types as t
 
@@ -66,8 +67,10 @@ def _observed(key: JobKey, indexes: Iterable[Mapping[JobKey, Iterable[ChildState
 
 
 def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
-    """All handlers of the operator, parameterised by the settings."""
-    registry = kopf.OperatorRegistry()
+    """All handlers of the operator, parameterised by the settings.
+
+    A "smart" registry carries Kopf's fallback logins (kubeconfig, in-cluster service account)."""
+    registry: kopf.OperatorRegistry = SmartOperatorRegistry()
     jobs = (t.GROUP, t.VERSION, t.PLURAL)
 
     @kopf.on.startup(id="startup", registry=registry)

@@ -23,7 +23,10 @@ async def run_operator(
     registry: kopf.OperatorRegistry | None = None,
     ready_flag: threading.Event | asyncio.Event | None = None,
     stop_flag: threading.Event | asyncio.Event | None = None,
+    memo: kopf.Memo | None = None,
+    settings: kopf.OperatorSettings | None = None,
 ) -> None:
+    """The operator until ``stop_flag``; ``registry``/``settings`` default to the ones built from ``config``."""
     clusterwide = not config.namespaces
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     kwargs: dict[str, Any] = {}
@@ -32,13 +35,14 @@ async def run_operator(
         kwargs["priority"] = config.peering_priority
     await kopf.operator(
         registry=registry or make_registry(config),
-        settings=make_settings(config),
+        settings=settings or make_settings(config),
         standalone=config.standalone,
         clusterwide=clusterwide,
         namespaces=list(config.namespaces),
         liveness_endpoint=liveness,
         ready_flag=ready_flag,
         stop_flag=stop_flag,
+        memo=memo,
         **kwargs,
     )
 

@@ -225,6 +225,7 @@ class TestApiServer(kmock.KubernetesScaffold):
     _wake: asyncio.Event | None = attrs.field(default=None, init=False)
     _uids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _faults: list[tuple[str, str, int]] = attrs.field(factory=list, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -247,9 +248,18 @@ class TestApiServer(kmock.KubernetesScaffold):
             subresources={"status"} if status else set(),
         )
 
-    def fail_next(self, method: str, plural: str, status: int = 500) -> None:
-        """Make the next ``method`` request on ``plural`` fail, as an overloaded API server would."""
+    def fail(self, method: str, plural: str, status: int = 500) -> None:
+        """Make every ``method`` request on ``plural`` fail, as a broken API server would, until ``heal()``."""
         self._faults.append((method.upper(), plural, status))
+
+    def close_watches(self) -> None:
+        """End every open watch stream, so the HTTP server can shut down without waiting for clients."""
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def heal(self) -> None:
+        self._faults.clear()
 
     def find(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """Live objects of one resource, for assertions."""
@@ -266,12 +276,13 @@ class TestApiServer(kmock.KubernetesScaffold):
         return None
 
     async def put_object(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create or replace an object from the test side, bypassing HTTP but emitting watch events."""
+        """Create or merge an object from the test side (status included, as a kubelet would write it),
+        bypassing HTTP and the request counters but emitting watch events."""
         res = next(r for r in self.resources if r.plural == plural and r.group is not None)
         key = self._key(res, obj["metadata"].get("namespace"), obj["metadata"]["name"])
         if key in self.objects:
             return self._store(key, "MODIFIED", merge_patch(self.objects[key], obj))
-        return self._create(res, key, obj)
+        return self._create(res, key, obj, keep_status=True)
 
     async def delete_object(self, plural: str, namespace: str | None, name: str) -> None:
         for key in list(self.objects):
@@ -313,7 +324,7 @@ class TestApiServer(kmock.KubernetesScaffold):
             self._delete(key)
         return obj
 
-    def _create(self, resource: Any, key: Key, body: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, resource: Any, key: Key, body: dict[str, Any], keep_status: bool = False) -> dict[str, Any]:
         info = self._info(resource)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
@@ -329,7 +340,7 @@ class TestApiServer(kmock.KubernetesScaffold):
         meta["creationTimestamp"] = _now()
         obj["apiVersion"] = f"{resource.group}/{resource.version}" if resource.group else resource.version
         obj["kind"] = info.kind
-        if self._has_status(resource):
+        if self._has_status(resource) and not keep_status:
             obj.pop("status", None)
         return self._store(key, "ADDED", obj)
 
@@ -392,9 +403,8 @@ class TestApiServer(kmock.KubernetesScaffold):
                     self._delete(key)
 
     def _check_fault(self, method: str, plural: str | None) -> None:
-        for i, (m, p, status) in enumerate(self._faults):
+        for m, p, status in self._faults:
             if m == method and p == plural:
-                del self._faults[i]
                 raise kmock.KubernetesError(status=status, reason="InternalError", message="injected fault")
 
     def _pre(self, request: kmock.Request) -> None:
@@ -474,6 +484,8 @@ class TestApiServer(kmock.KubernetesScaffold):
                 if not _field_matches(params.get("fieldSelector"), obj):
                     continue
                 yield {"type": kind, "object": obj}
+            if self._closing:
+                return
             if self._wake is None:
                 self._wake = asyncio.Event()
             wake = self._wake

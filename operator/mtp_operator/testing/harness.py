@@ -18,8 +18,9 @@ import kopf
 
 from mtp_api import types as t
 
-from mtp_operator.handlers import make_registry
+from mtp_operator.handlers import make_registry, make_settings
 from mtp_operator.main import run_operator
+from mtp_operator.runtime import Runtime
 from mtp_operator.settings import OperatorConfig
 from mtp_operator.testing.apiserver import TestApiServer
 
@@ -46,6 +47,7 @@ class ServerThread:
             self.url = str(srv.url).rstrip("/")
             self._started.set()
             await self._stop.wait()
+            self.server.close_watches()
 
     def __enter__(self) -> ServerThread:
         self._thread.start()
@@ -71,16 +73,25 @@ class ServerThread:
 
 
 class OperatorThread:
-    """The real operator (``run_operator``) against ``url``, logging in without credentials."""
+    """The real operator (``run_operator``) against ``url`` without credentials, or, when ``url`` is
+    None, wherever Kopf's default login (kubeconfig, service account) points."""
 
-    def __init__(self, url: str, config: OperatorConfig | None = None) -> None:
+    def __init__(self, url: str | None, config: OperatorConfig | None = None) -> None:
         self.config = config or OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=3600)
         self.registry = make_registry(self.config)
+        if url is not None:
 
-        @kopf.on.login(registry=self.registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
+            @kopf.on.login(registry=self.registry)
+            def login(**_: Any) -> kopf.ConnectionInfo:
+                return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
 
+        self.memo = kopf.Memo()
+        self.settings = make_settings(self.config)
+        # Exit promptly: the defaults give workers seconds to drain queues of a long-lived process.
+        self.settings.batching.exit_timeout = 0.1
+        self.settings.batching.idle_timeout = 0.5
+        self.settings.background.instant_exit_timeout = 0.1
+        self.settings.persistence.consistency_timeout = 0.5
         self._ready = threading.Event()
         self._stop = threading.Event()
         self.error: BaseException | None = None
@@ -89,7 +100,7 @@ class OperatorThread:
     def _run(self) -> None:
         try:
             asyncio.run(run_operator(self.config, registry=self.registry, ready_flag=self._ready,
-                                     stop_flag=self._stop))
+                                     stop_flag=self._stop, memo=self.memo, settings=self.settings))
         except BaseException as exc:  # reported by stop(); a thread cannot raise into the test
             self.error = exc
             self._ready.set()
@@ -102,6 +113,11 @@ class OperatorThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def runtime(self) -> Runtime:
+        """The operator's in-memory state (metrics store included), set by its startup handler."""
+        return wait_for(lambda: getattr(self.memo, "runtime", None))
 
     def stop(self) -> None:
         self._stop.set()

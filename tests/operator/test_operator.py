@@ -1,0 +1,273 @@
+"""The operator end to end: a real Kopf operator against the test API server (or a real cluster).
+
+Each test waits for an observable outcome; timeouts only bound a hang, nothing is timed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from mtp_api import types as t
+
+from mtp_operator import metrics
+from mtp_operator.testing.harness import wait_for
+from tests.operator.backends import Backend
+
+NAME = "demo"
+CHILDREN = [
+    ("configmaps", f"{NAME}-config"),
+    ("services", f"{NAME}-trainer"),
+    ("statefulsets", f"{NAME}-trainer"),
+    ("services", f"{NAME}-rollout"),
+    ("deployments", f"{NAME}-rollout"),
+]
+
+
+def status(backend: Backend) -> dict[str, Any]:
+    body = backend.get(t.PLURAL, NAME) or {}
+    return dict(body.get("status") or {})
+
+
+def wait_state(backend: Backend, state: str) -> dict[str, Any]:
+    return wait_for(lambda: status(backend) if status(backend).get("state") == state else None)
+
+
+def all_children(backend: Backend) -> bool:
+    return all(backend.get(plural, name) is not None for plural, name in CHILDREN)
+
+
+def conditions(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in st.get("conditions", [])}
+
+
+def args_of(deployment: dict[str, Any]) -> list[str]:
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def test_create_makes_children_with_owner_references_and_status(backend: Backend, job: dict[str, Any]) -> None:
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: all_children(backend))
+        st = wait_state(backend, "Created")
+        owner = backend.get(t.PLURAL, NAME)
+        assert owner is not None
+        for plural, name in CHILDREN:
+            child = backend.get(plural, name)
+            assert child is not None
+            refs = child["metadata"]["ownerReferences"]
+            assert refs == [
+                {
+                    "apiVersion": t.API_VERSION,
+                    "kind": t.KIND,
+                    "name": NAME,
+                    "uid": owner["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+        cm = backend.get("configmaps", f"{NAME}-config")
+        assert cm is not None
+        trainer_doc = yaml.safe_load(cm["data"]["job.yaml"])
+        assert t.MTPTrainingJob.model_validate(trainer_doc).spec.trainer.hyperparameters.max_steps == 200
+        sts = backend.get("statefulsets", f"{NAME}-trainer")
+        assert sts is not None and sts["spec"]["replicas"] == 1
+        assert conditions(st)["Created"]["status"] == "True"
+        assert conditions(st)["Running"]["reason"] == "PodsNotReady"
+        assert st["observedGeneration"] == owner["metadata"]["generation"]
+
+        if not backend.real:  # no kubelet here: report the pods ready as the StatefulSet controller would
+            backend.patch("statefulsets", f"{NAME}-trainer", {"status": {"readyReplicas": 1}}, "status")
+            backend.patch("deployments", f"{NAME}-rollout", {"status": {"readyReplicas": 1}}, "status")
+            st = wait_state(backend, "Running")
+            assert conditions(st)["Running"]["reason"] == "PodsReady"
+            assert st["trainer"]["readyReplicas"] == 1 and st["rollout"]["readyReplicas"] == 1
+
+
+def test_idle_reconciles_write_nothing(backend: Backend, job: dict[str, Any]) -> None:
+    if backend.writes() is None:
+        pytest.skip("write counting needs the test API server")
+    backend.apply(t.PLURAL, job)
+    with backend.operator() as op:
+        wait_for(lambda: all_children(backend))
+        wait_state(backend, "Created")
+        wait_for(lambda: (backend.get(t.PLURAL, NAME) or {})["metadata"].get("finalizers"))  # Kopf's, once
+        before_writes = backend.writes()
+        before = metrics.RECONCILES.labels("child")._value.get()
+        for i in range(5):  # pod events wake the job's reconcile; nothing about the job changed
+            backend.apply("pods", _pod(f"{NAME}-trainer-{i}", restarts=0))
+        wait_for(lambda: metrics.RECONCILES.labels("child")._value.get() >= before + 5)
+        assert op.runtime is not None
+        assert backend.writes() == before_writes
+
+
+def test_spec_change_rolls_the_deployment_only(backend: Backend, job: dict[str, Any]) -> None:
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: all_children(backend))
+        dep = backend.get("deployments", f"{NAME}-rollout")
+        sts = backend.get("statefulsets", f"{NAME}-trainer")
+        assert dep is not None and sts is not None
+        assert '{"method":"mtp","num_speculative_tokens":1}' in args_of(dep)
+
+        backend.patch(t.PLURAL, NAME, {"spec": {"rollout": {"speculative": {"numSpeculativeTokens": 2}}}})
+
+        new = wait_for(
+            lambda: (d := backend.get("deployments", f"{NAME}-rollout"))
+            and '{"method":"mtp","num_speculative_tokens":2}' in args_of(d)
+            and d
+        )
+        assert new["spec"]["template"] != dep["spec"]["template"]
+        assert new["metadata"]["generation"] > dep["metadata"]["generation"]
+        sts_after = backend.get("statefulsets", f"{NAME}-trainer")
+        assert sts_after is not None
+        assert sts_after["spec"]["template"] == sts["spec"]["template"]  # an SFT trainer never reads the rollout
+        wait_for(lambda: status(backend).get("observedGeneration") == 2)
+
+
+def test_suspend_scales_to_zero_and_resume_scales_back(backend: Backend, job: dict[str, Any]) -> None:
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: all_children(backend))
+        backend.patch(t.PLURAL, NAME, {"spec": {"runPolicy": {"suspend": True}}})
+        st = wait_state(backend, "Suspended")
+        assert conditions(st)["Suspended"]["status"] == "True"
+        wait_for(lambda: (backend.get("statefulsets", f"{NAME}-trainer") or {})["spec"]["replicas"] == 0)
+        wait_for(lambda: (backend.get("deployments", f"{NAME}-rollout") or {})["spec"]["replicas"] == 0)
+
+        backend.patch(t.PLURAL, NAME, {"spec": {"runPolicy": {"suspend": False}}})
+        st = wait_for(lambda: (s := status(backend)).get("state") in ("Created", "Running") and s)
+        assert conditions(st)["Suspended"] | {"lastTransitionTime": None} == {
+            "type": "Suspended",
+            "status": "False",
+            "reason": "Resumed",
+            "message": "",
+            "lastTransitionTime": None,
+            "observedGeneration": 3,
+        }
+        wait_for(lambda: (backend.get("statefulsets", f"{NAME}-trainer") or {})["spec"]["replicas"] == 1)
+        wait_for(lambda: (backend.get("deployments", f"{NAME}-rollout") or {})["spec"]["replicas"] == 1)
+
+
+def test_child_deleted_by_hand_is_recreated(backend: Backend, job: dict[str, Any]) -> None:
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: all_children(backend))
+        for plural, name in (("statefulsets", f"{NAME}-trainer"), ("configmaps", f"{NAME}-config")):
+            old = backend.get(plural, name)
+            assert old is not None
+            backend.delete(plural, name)
+            new = wait_for(
+                lambda p=plural, n=name, o=old: (c := backend.get(p, n)) and c["metadata"]["uid"] != o["metadata"]["uid"]
+                and c
+            )
+            assert new["spec" if plural != "configmaps" else "data"] == old["spec" if plural != "configmaps" else "data"]
+
+
+def test_deleted_job_leaves_nothing_behind(backend: Backend, job: dict[str, Any]) -> None:
+    backend.apply(t.PLURAL, job)
+    with backend.operator() as op:
+        wait_for(lambda: all_children(backend))
+        op.runtime.metrics.put_rollout(backend.namespace, NAME, t.RolloutStatus(acceptance_rate=0.5))
+        backend.delete(t.PLURAL, NAME)
+        wait_for(lambda: backend.get(t.PLURAL, NAME) is None)  # the finalizer was released
+        wait_for(lambda: not any(backend.get(plural, name) for plural, name in CHILDREN))
+        wait_for(lambda: len(op.runtime.metrics) == 0)
+
+
+def test_restart_mid_reconcile_creates_no_duplicates(backend: Backend, job: dict[str, Any]) -> None:
+    if backend.real:
+        pytest.skip("needs fault injection in the test API server")
+    server = backend.server  # type: ignore[attr-defined]
+    server.call(lambda: server.server.fail("POST", "deployments"))
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: backend.get("services", f"{NAME}-rollout") is not None)
+    assert backend.get("deployments", f"{NAME}-rollout") is None  # the first operator died mid-way
+    server.call(server.server.heal)
+    posts_before = server.call(lambda: server.server.counters.snapshot())
+    with backend.operator():
+        wait_for(lambda: all_children(backend))
+        wait_state(backend, "Created")
+    posts = server.call(lambda: server.server.counters.snapshot())
+    created = {p: posts.by_resource[("POST", p)] - posts_before.by_resource[("POST", p)] for p, _ in CHILDREN}
+    assert created == {"configmaps": 0, "services": 0, "statefulsets": 0, "deployments": 1}
+    for plural, _ in CHILDREN:
+        assert len(backend.list(plural)) == (2 if plural == "services" else 1)
+
+
+def test_succeeded_state_sticks(backend: Backend, job: dict[str, Any]) -> None:
+    backend.apply(t.PLURAL, job)
+    with backend.operator() as op:
+        wait_for(lambda: all_children(backend))
+        op.runtime.metrics.put_trainer(backend.namespace, NAME, t.TrainerStatus(step=200, lm_loss=1.23456, mtp_loss=2.0))
+        backend.patch(t.PLURAL, NAME, {"metadata": {"labels": {"poke": "1"}}})  # any event: the store is read
+        st = wait_state(backend, "Succeeded")
+        assert st["trainer"]["step"] == 200 and st["trainer"]["lmLoss"] == 1.2346
+        assert conditions(st)["Succeeded"]["reason"] == "TrainingCompleted"
+        assert "completionTime" in st
+        wait_for(lambda: (backend.get("statefulsets", f"{NAME}-trainer") or {})["spec"]["replicas"] == 0)
+        assert (backend.get("deployments", f"{NAME}-rollout") or {})["spec"]["replicas"] == 1  # keeps serving
+
+        backend.delete("statefulsets", f"{NAME}-trainer")
+        backend.patch(t.PLURAL, NAME, {"spec": {"runPolicy": {"suspend": True}}})
+        wait_for(lambda: status(backend).get("observedGeneration") is not None)
+        op.runtime.metrics.put_rollout(backend.namespace, NAME, t.RolloutStatus(acceptance_rate=0.81234))
+        backend.patch(t.PLURAL, NAME, {"metadata": {"labels": {"poke": "2"}}})
+        wait_for(lambda: (status(backend).get("rollout") or {}).get("acceptanceRate") == 0.812)
+        assert status(backend)["state"] == "Succeeded"
+        assert backend.get("statefulsets", f"{NAME}-trainer") is None  # never re-created
+
+
+def test_backoff_limit_fails_the_job_and_it_stays_failed(backend: Backend, job: dict[str, Any]) -> None:
+    if backend.real:
+        pytest.skip("restart counts come from real pods; not forced on a cluster")
+    job["spec"]["runPolicy"] = {"backoffLimit": 2}
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: all_children(backend))
+        backend.apply("pods", _pod(f"{NAME}-trainer-0", restarts=3))
+        st = wait_state(backend, "Failed")
+        assert conditions(st)["Failed"]["reason"] == "BackoffLimitExceeded"
+        wait_for(lambda: (backend.get("deployments", f"{NAME}-rollout") or {})["spec"]["replicas"] == 0)
+        backend.delete("pods", f"{NAME}-trainer-0")  # the restarts are gone, the verdict is not
+        backend.patch(t.PLURAL, NAME, {"metadata": {"labels": {"poke": "1"}}})
+        wait_for(lambda: (backend.get(t.PLURAL, NAME) or {})["metadata"]["labels"].get("poke") == "1")
+        assert status(backend)["state"] == "Failed"
+
+
+def test_operator_metrics_count_reconciles_and_jobs(backend: Backend, job: dict[str, Any]) -> None:
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_state(backend, "Created")
+        text = _exposition()
+        assert f'mtptrainingjob_info{{name="{NAME}",namespace="{backend.namespace}",pipeline="sft",state="Created",training_mode="joint"}} 1.0' in text
+        assert f'mtptrainingjob_condition{{condition="Created",name="{NAME}",namespace="{backend.namespace}"}} 1.0' in text
+        assert 'mtp_operator_reconcile_total{trigger="event"}' in text
+        assert "mtp_operator_reconcile_duration_seconds_bucket" in text
+
+
+def _exposition() -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.REGISTRY).decode()
+
+
+def _pod(name: str, restarts: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/managed-by": "mtp-operator",
+                "mtp.io/job-name": NAME,
+                "app.kubernetes.io/component": "trainer",
+            },
+        },
+        "spec": {"containers": [{"name": "trainer", "image": "x"}]},
+        "status": {"phase": "Running", "containerStatuses": [{"name": "trainer", "restartCount": restarts}]},
+    }
+
