@@ -1,0 +1,125 @@
+"""PrometheusRule ``groups:`` for acceptance, generated from the same definitions as ``rates.py``.
+
+Why generated: the recording rules must compute exactly what the collector computes (an e2e
+test compares them on a real Prometheus), and the dashboard and a test read the record names
+from ``metric_names``. ``python -m mtp_rollout.rules`` rewrites
+charts/mtp-operator/rules/mtp-acceptance.yaml; a test fails when the file is stale.
+
+Series are grouped by ``namespace`` and ``model_name``; our launcher serves each job's model
+under the job's name, so ``model_name`` is the MTPTrainingJob. Ratios divide by ``(den > 0)`` so
+an idle window yields no sample rather than NaN. Prometheus evaluates a group's rules in order,
+so later rules read earlier records of the same evaluation.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtp_rollout import metric_names as mn
+
+RULES_PATH = Path(__file__).resolve().parents[2] / "charts" / "mtp-operator" / "rules" / "mtp-acceptance.yaml"
+BY = "namespace, model_name"
+WINDOW = "5m"
+DRAFTS_PER_SECOND = mn.RULE_PREFIX + "drafts_per_second:rate5m"
+# Alert thresholds: a floor, and a drop relative to the job's own recent level (MTP drifting from the policy).
+LOW_ACCEPTANCE = 0.3
+DRIFT_FACTOR = 0.7
+DRIFT_BASELINE = "1h"
+DRIFT_OFFSET = "15m"
+ALPHA_CAP = 0.999999  # (1-α^(k+1))/(1-α) is 0/0 at α = 1; the cap gives k+1 to 1e-5.
+
+
+def _rate(metric: str) -> str:
+    return f"sum by ({BY}) (rate({metric}[{WINDOW}]))"
+
+
+def recording_rules(draft_cost_ratio: float = 0.0) -> list[dict[str, str]]:
+    a, k = mn.RULE_ACCEPTANCE_RATE, mn.RULE_NUM_SPECULATIVE_TOKENS
+    alpha = f"clamp_max({a}, {ALPHA_CAP})"
+    return [
+        {"record": DRAFTS_PER_SECOND, "expr": _rate(mn.VLLM_DRAFTS)},
+        {"record": mn.RULE_DRAFT_TOKENS_PER_SECOND, "expr": _rate(mn.VLLM_DRAFT_TOKENS)},
+        {"record": mn.RULE_ACCEPTED_TOKENS_PER_SECOND, "expr": _rate(mn.VLLM_ACCEPTED)},
+        {"record": mn.RULE_GENERATION_TOKENS_PER_SECOND, "expr": _rate(mn.VLLM_GENERATION_TOKENS)},
+        {
+            "record": a,
+            "expr": f"{mn.RULE_ACCEPTED_TOKENS_PER_SECOND} / ({mn.RULE_DRAFT_TOKENS_PER_SECOND} > 0)",
+        },
+        {
+            "record": mn.RULE_MEAN_ACCEPTANCE_LENGTH,
+            "expr": f"1 + {mn.RULE_ACCEPTED_TOKENS_PER_SECOND} / ({DRAFTS_PER_SECOND} > 0)",
+        },
+        {"record": k, "expr": f"{mn.RULE_DRAFT_TOKENS_PER_SECOND} / ({DRAFTS_PER_SECOND} > 0)"},
+        {
+            "record": mn.RULE_POSITION_ACCEPTANCE_RATE,
+            "expr": f"sum by ({BY}, position) (rate({mn.VLLM_ACCEPTED_PER_POS}[{WINDOW}]))"
+            f" / on ({BY}) group_left () ({DRAFTS_PER_SECOND} > 0)",
+        },
+        {
+            "record": mn.RULE_EXPECTED_TOKENS_PER_FORWARD,
+            "expr": f"(1 - {alpha} ^ ({k} + 1)) / (1 - {alpha})",
+        },
+        {
+            "record": mn.RULE_SPEEDUP_BOUND,
+            "expr": f"{mn.RULE_MEAN_ACCEPTANCE_LENGTH} / ({k} * {draft_cost_ratio:g} + 1)",
+        },
+    ]
+
+
+def alerting_rules() -> list[dict[str, Any]]:
+    a = mn.RULE_ACCEPTANCE_RATE
+    return [
+        {
+            "alert": "MTPAcceptanceLow",
+            "expr": f"{a} < {LOW_ACCEPTANCE:g}",
+            "for": "15m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "MTP draft acceptance of {{ $labels.namespace }}/{{ $labels.model_name }} is low",
+                "description": (
+                    "Acceptance rate {{ $value | humanizePercentage }} is below "
+                    f"{LOW_ACCEPTANCE:.0%}: speculative decoding costs more than it saves. "
+                    "Retrain or re-sync the MTP head, or set rollout.speculative.method: none."
+                ),
+            },
+        },
+        {
+            "alert": "MTPAcceptanceDrift",
+            "expr": f"{a} < {DRIFT_FACTOR:g} * avg_over_time({a}[{DRIFT_BASELINE}] offset {DRIFT_OFFSET})",
+            "for": "10m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "MTP acceptance of {{ $labels.namespace }}/{{ $labels.model_name }} fell from its recent level",
+                "description": (
+                    f"Acceptance {{{{ $value | humanizePercentage }}}} is under {DRIFT_FACTOR:.0%} of its "
+                    f"{DRIFT_BASELINE} average (ending {DRIFT_OFFSET} ago): the MTP head has likely drifted from "
+                    "the policy (weights updated without the drafter, or a changed prompt mix)."
+                ),
+            },
+        },
+    ]
+
+
+def rule_groups() -> dict[str, Any]:
+    return {
+        "groups": [
+            {"name": "mtp-acceptance.recording", "interval": "30s", "rules": recording_rules()},
+            {"name": "mtp-acceptance.alerts", "rules": alerting_rules()},
+        ]
+    }
+
+
+def render() -> str:
+    header = "# Generated by `python -m mtp_rollout.rules` from rollout/mtp_rollout/rules.py; do not edit.\n"
+    return header + yaml.safe_dump(rule_groups(), sort_keys=False, width=200)
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else RULES_PATH
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render())
+    print(f"wrote {out}")
