@@ -1,0 +1,107 @@
+"""Status as a pure function: a table of (job, observed, metrics, time) -> state and reason."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from mtp_api import types as t
+
+from mtp_operator.metrics_store import JobMetrics
+from mtp_operator.observed import ChildState, Observed, PodState, observed_from
+from mtp_operator.status import compute_status
+from tests.operator.conftest import job_manifest
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def job(**policy: Any) -> t.MTPTrainingJob:
+    body = job_manifest()
+    body["spec"]["runPolicy"] = policy
+    return t.MTPTrainingJob.model_validate(body)
+
+
+def children(trainer_ready: int = 0, rollout_ready: int = 0, missing: str | None = None) -> Observed:
+    kids = [
+        ChildState("ConfigMap", "demo-config", "1", "h"),
+        ChildState("Service", "demo-trainer", "2", "h"),
+        ChildState("StatefulSet", "demo-trainer", "3", "h", 1, trainer_ready),
+        ChildState("Service", "demo-rollout", "4", "h"),
+        ChildState("Deployment", "demo-rollout", "5", "h", 1, rollout_ready),
+    ]
+    return observed_from([k for k in kids if k.kind != missing], [])
+
+
+def with_restarts(n: int) -> Observed:
+    return Observed(children().children, (PodState("demo-trainer-0", "trainer", False, n, False),))
+
+
+CASES = [
+    # id, job, observed, metrics, seconds after T0, state, (condition, reason)
+    ("pending", job(), children(missing="Deployment"), JobMetrics(), 0, "Pending", ("Created", "ChildrenCreated")),
+    ("created", job(), children(), JobMetrics(), 0, "Created", ("Running", "PodsNotReady")),
+    ("running", job(), children(1, 1), JobMetrics(), 0, "Running", ("Running", "PodsReady")),
+    ("rollout-not-ready", job(), children(1, 0), JobMetrics(), 0, "Created", ("Running", "PodsNotReady")),
+    ("suspended", job(suspend=True), children(1, 1), JobMetrics(), 0, "Suspended", ("Suspended", "Suspended")),
+    ("backoff", job(backoffLimit=1), with_restarts(2), JobMetrics(), 0, "Failed", ("Failed", "BackoffLimitExceeded")),
+    ("within-backoff", job(backoffLimit=2), with_restarts(2), JobMetrics(), 0, "Created", ("Running", "PodsNotReady")),
+    ("deadline", job(activeDeadlineSeconds=60), children(1, 1), JobMetrics(), 61, "Failed", ("Failed", "DeadlineExceeded")),
+    (
+        "succeeded",
+        job(),
+        children(1, 1),
+        JobMetrics(trainer=t.TrainerStatus(step=200)),
+        0,
+        "Succeeded",
+        ("Succeeded", "TrainingCompleted"),
+    ),
+    ("not-yet", job(), children(1, 1), JobMetrics(trainer=t.TrainerStatus(step=199)), 0, "Running", ("Running", "PodsReady")),
+]
+
+
+@pytest.mark.parametrize(("case", "j", "obs", "m", "dt", "state", "cond"), CASES, ids=[c[0] for c in CASES])
+def test_verdicts(case: str, j: t.MTPTrainingJob, obs: Observed, m: JobMetrics, dt: int, state: str,
+                  cond: tuple[str, str]) -> None:
+    start = compute_status(j, None, obs, m, T0, generation=1)  # the first reconcile sets startTime
+    st = compute_status(j, start, obs, m, T0 + datetime.timedelta(seconds=dt), generation=1)
+    assert st.state == state
+    assert {c.type: c.reason for c in st.conditions}[cond[0]] == cond[1]
+    assert st.observed_generation == 1
+    assert (st.completion_time is not None) == (state in ("Succeeded", "Failed"))
+
+
+def test_unchanged_inputs_give_an_identical_status() -> None:
+    first = compute_status(job(), None, children(1, 1), JobMetrics(), T0, generation=1)
+    later = compute_status(job(), first, children(1, 1), JobMetrics(), T0 + datetime.timedelta(hours=1), generation=1)
+    assert later.wire() == first.wire()
+
+
+def test_transition_time_moves_only_on_change() -> None:
+    a = compute_status(job(), None, children(0, 0), JobMetrics(), T0, generation=1)
+    b = compute_status(job(), a, children(1, 1), JobMetrics(), T0 + datetime.timedelta(minutes=5), generation=1)
+    times = {c.type: c.last_transition_time for c in b.conditions}
+    assert times["Created"] == "2026-01-01T00:00:00Z" and times["Running"] == "2026-01-01T00:05:00Z"
+
+
+def test_terminal_state_sticks_while_numbers_move() -> None:
+    done = compute_status(job(), None, children(1, 1), JobMetrics(trainer=t.TrainerStatus(step=200)), T0, generation=1)
+    later = compute_status(
+        job(suspend=True),
+        done,
+        children(missing="StatefulSet"),
+        JobMetrics(rollout=t.RolloutStatus(acceptance_rate=0.123456, per_position_acceptance=[0.91111, 0.5])),
+        T0 + datetime.timedelta(days=1),
+        generation=5,
+    )
+    assert later.state == "Succeeded" and later.conditions == done.conditions
+    assert later.completion_time == done.completion_time
+    assert later.rollout is not None and later.rollout.acceptance_rate == 0.123
+    assert later.rollout.per_position_acceptance == [0.911, 0.5]
+    assert later.trainer is not None and later.trainer.step == 200  # kept from the last known value
+
+
+def test_invalid_spec_fails_with_reason() -> None:
+    st = compute_status(job(), None, Observed(), JobMetrics(), T0, generation=1, invalid="bad volume")
+    assert st.state == "Failed" and st.conditions[0].reason == "InvalidSpec" and st.conditions[0].message == "bad volume"
