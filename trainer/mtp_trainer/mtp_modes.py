@@ -63,6 +63,7 @@ class ForwardOutput:
     mtp_correct: list[float] = field(default_factory=list)
     mtp_tokens: list[float] = field(default_factory=list)
     mtp_logits: list[Tensor] = field(default_factory=list)
+    lm_logits: Tensor | None = None
 
 
 def is_mtp_param(name: str) -> bool:
@@ -132,9 +133,11 @@ def forward(
     )
     tied_weight = model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights else None
     logits, _ = model.output_layer(hidden, weight=tied_weight)
+    # Read logits before the loss: Megatron's vocab-parallel cross-entropy rewrites them in place.
+    lm_correct, lm_tokens = _top1(logits, batch.labels, mask)
+    kept = logits.detach().clone() if keep_logits else None
     lm_loss = _masked_mean(model.compute_language_model_loss(batch.labels, logits), mask)
-    out = ForwardOutput(loss=lm_loss, lm_loss=lm_loss)
-    out.lm_correct, out.lm_tokens = _top1(logits, batch.labels, mask)
+    out = ForwardOutput(loss=lm_loss, lm_loss=lm_loss, lm_correct=lm_correct, lm_tokens=lm_tokens, lm_logits=kept)
 
     mtp_block = getattr(model, "mtp", None)
     if mode == DISABLED or mtp_block is None:
@@ -166,13 +169,13 @@ def forward(
         )
         mtp_logits, _ = model.output_layer(h, weight=weight)
         labels_d, mask_d = _roll_left(batch.labels, d), _roll_left(mask, d)
-        loss_d = _masked_mean(model.compute_language_model_loss(labels_d, mtp_logits), mask_d)
-        total = total + depth_scale * loss_d
-        out.mtp_losses.append(loss_d)
         c, n = _top1(mtp_logits, labels_d, mask_d)
         out.mtp_correct.append(c)
         out.mtp_tokens.append(n)
         if keep_logits:
-            out.mtp_logits.append(mtp_logits.detach())
+            out.mtp_logits.append(mtp_logits.detach().clone())
+        loss_d = _masked_mean(model.compute_language_model_loss(labels_d, mtp_logits), mask_d)
+        total = total + depth_scale * loss_d
+        out.mtp_losses.append(loss_d)
     out.loss = total
     return out

@@ -1,0 +1,190 @@
+"""Export parity: the trainer's Megatron model vs the exported checkpoint in transformers and vLLM.
+
+All on the weights of one real SFT run (``sft_run`` fixture): the final checkpoint is loaded into
+a Megatron GPTModel here, and its ``hf/`` export into transformers (in process) and vLLM (CPU,
+float32, MTP speculative decoding, in a subprocess started once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from mtp_trainer import checkpoint, hf_export, hf_import, mtp_modes
+from mtp_trainer.data import causal_batch
+from mtp_trainer.tokenizer import load as load_tokenizer
+
+from .conftest import build_model
+
+HF_LOGIT_ATOL = 1e-4  # float32; measured max |diff| is ~1e-6
+VLLM_LOGPROB_ATOL = 2e-3  # float32, different CPU kernels (measured ~1e-5)
+GEN_TOKENS = 32
+QUESTIONS = [
+    "Python documentation, topic 'assert', part 1.",
+    "Python documentation, topic 'for', part 1.",
+    "Python documentation, topic 'lambda', part 1.",
+    "Python documentation, topic 'with', part 2.",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(dist_env, sft_run: Path):
+    """(Megatron model with the final checkpoint's weights, model config, tokenizer, prompts)."""
+    m = hf_import.model_config_from_dir(sft_run / "hf", "qwen3_next", "float32", 512)
+    model = build_model(m, seed=0)
+    ckpt = checkpoint.latest(sft_run)
+    assert ckpt is not None and ckpt.name == "step_150"
+    checkpoint.load(ckpt, model, None)
+    model.eval()
+    tok = load_tokenizer(sft_run / "hf")
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        for q in QUESTIONS
+    ]
+    prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
+    return model, m, tok, prompts
+
+
+@torch.no_grad()
+def megatron_logits(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next-token logits [s, V], depth-1 MTP logits [s, V]) for one sequence."""
+    tokens = torch.tensor([[*ids, 0]])
+    out = mtp_modes.forward(
+        model, causal_batch(tokens, torch.ones(1, len(ids))), mtp_modes.JOINT, 0.3, keep_logits=True
+    )
+    assert out.lm_logits is not None
+    return out.lm_logits[:, 0], out.mtp_logits[0][:, 0]
+
+
+@torch.no_grad()
+def megatron_greedy(model, prompt: list[int], n: int) -> list[int]:
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(megatron_logits(model, seq)[0][-1].argmax()))
+    return seq[len(prompt) :]
+
+
+def simulate_acceptance(mtp_pred: list[int], seq: list[int], prompt_len: int) -> tuple[int, int]:
+    """Drafts and accepted drafts of greedy k=1 MTP speculation, replayed from the trainer's MTP
+    argmax: the draft for token j comes from position j-2 and is accepted iff it equals token j;
+    after an acceptance the next draft is for j+2 (draft + bonus token), else for j+1."""
+    drafts = accepted = 0
+    j = prompt_len + 1
+    while j < len(seq):
+        drafts += 1
+        if mtp_pred[j - 2] == seq[j]:
+            accepted += 1
+            j += 2
+        else:
+            j += 1
+    return drafts, accepted
+
+
+def test_sft_run_lowers_both_losses(sft_run: Path) -> None:
+    recs = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in recs if r.get("split") == "validation"]
+    train = [r for r in recs if "split" not in r]
+    assert [r["step"] for r in val] == [0, 75, 150]
+    assert len(train) == 150 and all(len(r["mtp_loss"]) == 1 and len(r["mtp_agreement"]) == 1 for r in train)
+    first, last = val[0], val[-1]
+    assert last["lm_loss"] < first["lm_loss"] - 2.0, (first, last)
+    assert last["mtp_loss"][0] < first["mtp_loss"][0] - 1.5, (first, last)
+    assert last["mtp_agreement"][0] > first["mtp_agreement"][0] + 0.05
+    assert (sft_run / "hf" / "model.safetensors").is_file() and (sft_run / "checkpoints" / "step_75").is_dir()
+
+
+def test_transformers_trunk_logits_match(trained, sft_run: Path) -> None:
+    model, _, _, prompts = trained
+    hf = AutoModelForCausalLM.from_pretrained(str(sft_run / "hf"), dtype=torch.float32)
+    assert type(hf).__name__ == "Qwen3NextForCausalLM"
+    for ids in prompts:
+        ref = megatron_logits(model, ids)[0]
+        got = hf(torch.tensor([ids])).logits[0]
+        torch.testing.assert_close(got, ref, atol=HF_LOGIT_ATOL, rtol=0)
+
+
+def test_qwen3_5_flavour_matches_in_transformers(trained, tmp_path: Path) -> None:
+    """The GPU flavour (Qwen3_5ForCausalLM, dense MLPs) carries the same function."""
+    model, m, tok, prompts = trained
+    out = hf_export.export(model, replace(m, family="qwen3_5"), tok, tmp_path / "hf35")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "qwen3_5_text" and cfg["mtp_num_hidden_layers"] == 1
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    assert type(hf).__name__ == "Qwen3_5ForCausalLM"
+    ids = prompts[0]
+    torch.testing.assert_close(
+        hf(torch.tensor([ids])).logits[0], megatron_logits(model, ids)[0], atol=HF_LOGIT_ATOL, rtol=0
+    )
+
+
+def test_import_round_trip(trained, sft_run: Path) -> None:
+    model, m, _, _ = trained
+    again = build_model(m, seed=99)
+    hf_import.load_into(again, sft_run / "hf", m)
+    ref = model.state_dict()
+    for name, t in again.state_dict().items():
+        if "_extra_state" not in name:
+            torch.testing.assert_close(t, ref[name], atol=1e-7, rtol=0, msg=name)
+
+
+@pytest.fixture(scope="module")
+def vllm_results(trained, sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    _, _, _, prompts = trained
+    pfile = tmp_path_factory.mktemp("vllm") / "prompts.json"
+    pfile.write_text(json.dumps(prompts))
+    venv = Path(sys.executable).resolve().parent.parent
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    iomp = venv / "lib" / "libiomp5.so"
+    if iomp.exists():
+        env["LD_PRELOAD"] = str(iomp)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.trainer.vllm_probe", str(sft_run / "hf"), str(pfile), str(GEN_TOKENS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=root,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VLLM_PROBE_RESULT ")]
+    assert proc.returncode == 0 and lines, (proc.stdout[-3000:], proc.stderr[-6000:])
+    return list(json.loads(lines[-1].split(" ", 1)[1]))
+
+
+@pytest.mark.slow
+def test_vllm_trunk_matches(trained, vllm_results: list[dict]) -> None:
+    """Greedy tokens identical; vLLM's logprob of each generated token = Megatron's."""
+    model, _, _, prompts = trained
+    for ids, res in zip(prompts, vllm_results, strict=True):
+        assert res["tokens"] == megatron_greedy(model, ids, GEN_TOKENS)
+        lm = megatron_logits(model, ids + res["tokens"])[0]
+        ref = torch.log_softmax(lm.double(), dim=-1)
+        pos = range(len(ids) - 1, len(ids) - 1 + len(res["tokens"]))
+        want = torch.tensor([float(ref[p, t]) for p, t in zip(pos, res["tokens"], strict=True)])
+        torch.testing.assert_close(
+            torch.tensor(res["logprobs"], dtype=torch.float64), want.double(), atol=VLLM_LOGPROB_ATOL, rtol=0
+        )
+
+
+@pytest.mark.slow
+def test_vllm_mtp_drafter_matches_trainer_mtp_argmax(trained, vllm_results: list[dict]) -> None:
+    """vLLM's draft acceptance per request equals a replay of the trainer's MTP argmax."""
+    model, _, _, prompts = trained
+    total_acc = total_drafts = 0
+    for ids, res in zip(prompts, vllm_results, strict=True):
+        seq = ids + res["tokens"]
+        mtp_pred = megatron_logits(model, seq)[1].argmax(-1).tolist()
+        drafts, accepted = simulate_acceptance(mtp_pred, seq, len(ids))
+        assert (res["drafts"], res["accepted"]) == (drafts, accepted), (ids, res, drafts, accepted)
+        total_acc += accepted
+        total_drafts += drafts
+    # Not vacuous: some drafts accepted and some rejected across the prompts.
+    assert 0 < total_acc < total_drafts

@@ -1,0 +1,284 @@
+"""Qwen3.5 / Qwen3-Next (dense, all full attention, one MTP layer) <-> Megatron GPTModel.
+
+One tensor mapping, two config.json flavours:
+
+- ``qwen3_5`` writes ``Qwen3_5ForCausalLM`` (``qwen3_5_text``), dense MLPs, for GPU images. vLLM's
+  ``qwen3_5.py`` imports its VL stack, which needs torchvision; there is no CPU torchvision on
+  PyPI, so this flavour is checked against transformers only.
+- ``qwen3_next`` writes ``Qwen3NextForCausalLM``, which vLLM's Qwen3.5 is built on and which loads
+  on CPU (drafter: ``qwen3_next_mtp``). vLLM's Qwen3-Next refuses a model without MoE layers
+  (``QwenNextMixtureOfExperts.set_moe_parameters`` raises "No Qwen3Next layer found"), so each dense
+  SwiGLU MLP is written as an *exactly equivalent* one-expert MoE: ``num_experts=1``,
+  ``num_experts_per_tok=1``, ``norm_topk_prob`` (the softmax over one logit is exactly 1.0), the
+  dense weights as ``experts.0``, and a zero shared expert whose contribution is exactly 0
+  (``sigmoid(0) * 0``). Import reverses it and refuses anything that is not of this form.
+
+Tensor correspondences (Megatron -> HF), per layer ``L`` (MTP layer 0 uses the same layer map):
+
+- norms: HF computes ``x * (1 + w)``, Megatron ``x * w``: stored = Megatron - 1.
+- ``linear_qkv`` rows per KV group ``[q heads | gate heads | k | v]`` -> ``q_proj`` rows per head
+  ``[q_h | gate_h]``, ``k_proj``, ``v_proj``.
+- ``linear_fc1 = [gate; up]`` -> ``gate_proj``, ``up_proj``; ``linear_fc2`` -> ``down_proj``.
+- MTP: ``enorm``/``hnorm``/``eh_proj``/``final_layernorm`` -> ``mtp.pre_fc_norm_embedding`` /
+  ``pre_fc_norm_hidden`` / ``fc`` / ``norm``; ``transformer_layer`` -> ``mtp.layers.0``.
+
+Only one MTP layer maps exactly: with more, Qwen3-Next shares ``fc``, the pre-fc norms and
+``mtp.norm`` across layers while Megatron keeps one set per depth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtp_trainer.config import ConfigError, ModelConfig
+
+SHARED_EXPERT_SIZE = 16  # the zero shared expert of the qwen3_next flavour: smallest size vLLM CPU ran
+
+_NORMS = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
+    "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",
+    "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
+}
+
+
+def check(m: ModelConfig) -> None:
+    if m.mtp_num_layers > 1:
+        raise ConfigError(
+            f"spec.model.mtpNumLayers {m.mtp_num_layers}: the {m.family} export maps exactly one MTP layer "
+            "(Qwen3-Next shares fc and norms across MTP layers); set mtpNumLayers to 1"
+        )
+
+
+# ------------------------------------------------------------------------------ layer tensors
+
+
+def _split_qkv(w: Tensor, m: ModelConfig) -> tuple[Tensor, Tensor, Tensor]:
+    ng, d = m.num_key_value_heads, m.head_dim
+    npg = m.num_attention_heads // ng
+    g = w.view(ng, (2 * npg + 2) * d, -1)
+    q, gate, k, v = torch.split(g, [npg * d, npg * d, d, d], dim=1)
+    q = q.reshape(m.num_attention_heads, d, -1)
+    gate = gate.reshape(m.num_attention_heads, d, -1)
+    q_proj = torch.cat([q, gate], dim=1).reshape(m.num_attention_heads * 2 * d, -1)
+    return q_proj, k.reshape(ng * d, -1), v.reshape(ng * d, -1)
+
+
+def _join_qkv(q_proj: Tensor, k: Tensor, v: Tensor, m: ModelConfig) -> Tensor:
+    ng, d = m.num_key_value_heads, m.head_dim
+    npg = m.num_attention_heads // ng
+    qg = q_proj.view(m.num_attention_heads, 2 * d, -1)
+    q, gate = qg[:, :d], qg[:, d:]
+    parts = [
+        q.reshape(ng, npg * d, -1),
+        gate.reshape(ng, npg * d, -1),
+        k.view(ng, d, -1),
+        v.view(ng, d, -1),
+    ]
+    return torch.cat(parts, dim=1).reshape(ng * (2 * npg + 2) * d, -1)
+
+
+def _layer_to_hf(sd: dict[str, Tensor], src: str, dst: str, m: ModelConfig, moe: bool) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for meg, hf in _NORMS.items():
+        out[dst + hf] = sd[src + meg] - 1.0
+    q, k, v = _split_qkv(sd[src + "self_attention.linear_qkv.weight"], m)
+    out[dst + "self_attn.q_proj.weight"] = q
+    out[dst + "self_attn.k_proj.weight"] = k
+    out[dst + "self_attn.v_proj.weight"] = v
+    out[dst + "self_attn.o_proj.weight"] = sd[src + "self_attention.linear_proj.weight"]
+    gate, up = sd[src + "mlp.linear_fc1.weight"].chunk(2, dim=0)
+    down = sd[src + "mlp.linear_fc2.weight"]
+    if moe:
+        h = m.hidden_size
+        z = torch.zeros
+        dt = down.dtype
+        out[dst + "mlp.gate.weight"] = z(1, h, dtype=dt)
+        out[dst + "mlp.experts.0.gate_proj.weight"] = gate
+        out[dst + "mlp.experts.0.up_proj.weight"] = up
+        out[dst + "mlp.experts.0.down_proj.weight"] = down
+        out[dst + "mlp.shared_expert.gate_proj.weight"] = z(SHARED_EXPERT_SIZE, h, dtype=dt)
+        out[dst + "mlp.shared_expert.up_proj.weight"] = z(SHARED_EXPERT_SIZE, h, dtype=dt)
+        out[dst + "mlp.shared_expert.down_proj.weight"] = z(h, SHARED_EXPERT_SIZE, dtype=dt)
+        out[dst + "mlp.shared_expert_gate.weight"] = z(1, h, dtype=dt)
+    else:
+        out[dst + "mlp.gate_proj.weight"] = gate
+        out[dst + "mlp.up_proj.weight"] = up
+        out[dst + "mlp.down_proj.weight"] = down
+    return out
+
+
+def _layer_from_hf(hf: dict[str, Tensor], src: str, dst: str, m: ModelConfig) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for meg, name in _NORMS.items():
+        out[dst + meg] = hf[src + name] + 1.0
+    out[dst + "self_attention.linear_qkv.weight"] = _join_qkv(
+        hf[src + "self_attn.q_proj.weight"], hf[src + "self_attn.k_proj.weight"], hf[src + "self_attn.v_proj.weight"], m
+    )
+    out[dst + "self_attention.linear_proj.weight"] = hf[src + "self_attn.o_proj.weight"]
+    if src + "mlp.gate_proj.weight" in hf:
+        mlp = src + "mlp."
+    else:
+        mlp = src + "mlp.experts.0."
+        shared = [k for k in hf if k.startswith(src + "mlp.shared_expert")]
+        extra = [k for k in hf if k.startswith(src + "mlp.experts.") and not k.startswith(mlp)]
+        if extra or any(hf[k].abs().max() > 0 for k in shared):
+            raise ConfigError(
+                f"{src}mlp is a real mixture of experts; only dense checkpoints (or the one-expert form this "
+                "trainer exports) can be imported"
+            )
+    out[dst + "mlp.linear_fc1.weight"] = torch.cat([hf[mlp + "gate_proj.weight"], hf[mlp + "up_proj.weight"]], dim=0)
+    out[dst + "mlp.linear_fc2.weight"] = hf[mlp + "down_proj.weight"]
+    return out
+
+
+# ------------------------------------------------------------------------------ whole model
+
+
+def to_hf(sd: dict[str, Tensor], m: ModelConfig, moe: bool) -> dict[str, Tensor]:
+    """Full Megatron state dict -> HF tensors (``moe``: the qwen3_next one-expert form)."""
+    check(m)
+    out: dict[str, Tensor] = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"]}
+    for i in range(m.num_layers):
+        out.update(_layer_to_hf(sd, f"decoder.layers.{i}.", f"model.layers.{i}.", m, moe))
+    out["model.norm.weight"] = sd["decoder.final_layernorm.weight"] - 1.0
+    # Always written: vLLM's Qwen3-Next loads lm_head from the file even when tied.
+    out["lm_head.weight"] = sd["embedding.word_embeddings.weight" if m.tie_word_embeddings else "output_layer.weight"]
+    if m.mtp_num_layers:
+        p = "mtp.layers.0."
+        out["mtp.pre_fc_norm_embedding.weight"] = sd[p + "enorm.weight"] - 1.0
+        out["mtp.pre_fc_norm_hidden.weight"] = sd[p + "hnorm.weight"] - 1.0
+        out["mtp.fc.weight"] = sd[p + "eh_proj.weight"]
+        out["mtp.norm.weight"] = sd[p + "final_layernorm.weight"] - 1.0
+        out.update(_layer_to_hf(sd, p + "transformer_layer.", "mtp.layers.0.", m, moe))
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def from_hf(hf: dict[str, Tensor], m: ModelConfig) -> dict[str, Tensor]:
+    """HF tensors -> full Megatron state dict (parameters only)."""
+    check(m)
+    out: dict[str, Tensor] = {"embedding.word_embeddings.weight": hf["model.embed_tokens.weight"]}
+    for i in range(m.num_layers):
+        out.update(_layer_from_hf(hf, f"model.layers.{i}.", f"decoder.layers.{i}.", m))
+    out["decoder.final_layernorm.weight"] = hf["model.norm.weight"] + 1.0
+    if not m.tie_word_embeddings:
+        out["output_layer.weight"] = hf["lm_head.weight"]
+    if m.mtp_num_layers:
+        if "mtp.fc.weight" not in hf:
+            raise ConfigError(
+                "the checkpoint has no mtp.* weights but spec.model.mtpNumLayers is "
+                f"{m.mtp_num_layers}; set it to 0 (and trainingMode: disabled) or use a checkpoint with MTP"
+            )
+        p = "mtp.layers.0."
+        out[p + "enorm.weight"] = hf["mtp.pre_fc_norm_embedding.weight"] + 1.0
+        out[p + "hnorm.weight"] = hf["mtp.pre_fc_norm_hidden.weight"] + 1.0
+        out[p + "eh_proj.weight"] = hf["mtp.fc.weight"]
+        out[p + "final_layernorm.weight"] = hf["mtp.norm.weight"] + 1.0
+        out.update(_layer_from_hf(hf, "mtp.layers.0.", p + "transformer_layer.", m))
+    return out
+
+
+# ------------------------------------------------------------------------------ config.json
+
+
+def _common(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.hidden_size,
+        "intermediate_size": m.ffn_hidden_size,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_key_value_heads,
+        "head_dim": m.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": m.max_position_embeddings,
+        "rms_norm_eps": m.norm_eps,
+        "tie_word_embeddings": m.tie_word_embeddings,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": m.rotary_base,
+            "partial_rotary_factor": m.rotary_percent,
+        },
+        "partial_rotary_factor": m.rotary_percent,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "layer_types": ["full_attention"] * m.num_layers,
+        # Unused with all layers full attention, but both implementations read them.
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": m.head_dim,
+        "linear_value_head_dim": m.head_dim,
+        "linear_num_key_heads": m.num_key_value_heads,
+        "linear_num_value_heads": m.num_attention_heads,
+        "initializer_range": m.init_std,
+        "use_cache": True,
+        "dtype": m.dtype,
+        "torch_dtype": m.dtype,
+        **special,
+    }
+
+
+def qwen3_next_config(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
+    cfg = _common(m, special)
+    cfg.update(
+        architectures=["Qwen3NextForCausalLM"],
+        model_type="qwen3_next",
+        num_nextn_predict_layers=m.mtp_num_layers,
+        num_experts=1,
+        num_experts_per_tok=1,
+        norm_topk_prob=True,
+        moe_intermediate_size=m.ffn_hidden_size,
+        shared_expert_intermediate_size=SHARED_EXPERT_SIZE,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        router_aux_loss_coef=0.0,
+        output_router_logits=False,
+    )
+    return cfg
+
+
+def qwen3_5_config(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
+    cfg = _common(m, special)
+    cfg.update(
+        architectures=["Qwen3_5ForCausalLM"],
+        model_type="qwen3_5_text",
+        mtp_num_hidden_layers=m.mtp_num_layers,
+        attn_output_gate=True,
+    )
+    return cfg
+
+
+def model_config_from_hf(cfg: dict[str, Any], family: str, dtype: str) -> ModelConfig:
+    """ModelConfig from a config.json of either flavour (or a VL wrapper's ``text_config``)."""
+    c = cfg.get("text_config") or cfg
+    types = c.get("layer_types") or []
+    if any(t != "full_attention" for t in types):
+        raise ConfigError(
+            "spec.model.source: the checkpoint has linear-attention (Gated DeltaNet) layers, which Megatron "
+            "cannot train without CUDA kernels; use an all-full-attention checkpoint"
+        )
+    if int(c.get("num_experts") or 0) > 1:
+        raise ConfigError("spec.model.source: mixture-of-experts checkpoints are not supported by this family yet")
+    rope = c.get("rope_parameters") or {}
+    mtp = c.get("num_nextn_predict_layers", c.get("mtp_num_hidden_layers", 0)) or 0
+    heads = int(c["num_attention_heads"])
+    return ModelConfig(
+        family=family,
+        hidden_size=int(c["hidden_size"]),
+        num_layers=int(c["num_hidden_layers"]),
+        num_attention_heads=heads,
+        num_key_value_heads=int(c["num_key_value_heads"]),
+        head_dim=int(c.get("head_dim") or c["hidden_size"] // heads),
+        ffn_hidden_size=int(c["intermediate_size"]),
+        vocab_size=int(c["vocab_size"]),
+        tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+        mtp_num_layers=int(mtp),
+        rotary_percent=float(rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 0.25))),
+        rotary_base=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+        norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+        max_position_embeddings=int(c.get("max_position_embeddings", 4096)),
+        dtype=dtype,
+        init_std=float(c.get("initializer_range", 0.02)),
+    )

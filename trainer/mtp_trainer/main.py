@@ -1,0 +1,159 @@
+"""Train an MTP model from an MTPTrainingJob: ``python -m mtp_trainer.main --job FILE --output-dir DIR``.
+
+The run, top to bottom:
+
+1. Read and validate the job (``mtp_api.validation.load_job``) and derive the typed config.
+2. Join torch.distributed from torchrun's environment (or run as one local process): gloo on
+   CPU, nccl on GPU; build Megatron's tensor/pipeline/data-parallel groups from the spec.
+3. Tokenizer: from the checkpoint being resumed, else the imported checkpoint's, else a byte-level
+   BPE trained on the training split with ``tiny.vocabSize`` entries.
+4. Data: JSONL conversations (or ``builtin:pydoc-topics``), response-only loss mask, packed rows,
+   a held-out validation split.
+5. Model: the family's Megatron GPTModel with its MTP block; weights random (``tiny``, seeded) or
+   imported from a Hugging Face directory. The MTP mode freezes or cuts what it must.
+6. Resume from ``DIR/checkpoints/step_N`` (``--resume``, the default, when one exists) or start
+   fresh (``--fresh``). Train, evaluating and checkpointing on schedule; metrics go to Prometheus
+   and ``DIR/metrics.jsonl``.
+7. Export the final weights to ``DIR/hf`` (safetensors, config.json, tokenizer) atomically.
+
+Exit status: 0 on success, 2 on bad input (the message names the field and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from mtp_api.validation import ManifestError, load_job
+from mtp_trainer import checkpoint, data, distributed, families, hf_export, hf_import, mtp_modes, tokenizer
+from mtp_trainer.config import ConfigError, TrainerConfig, from_job
+from mtp_trainer.metrics import Metrics
+from mtp_trainer.train_loop import Trainer, build_optimizer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="mtp_trainer.main", description=__doc__.split("\n")[0])
+    p.add_argument("--job", required=True, type=Path, help="MTPTrainingJob YAML")
+    p.add_argument("--output-dir", required=True, type=Path, help="checkpoints/, hf/ and metrics.jsonl go here")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_true", default=True, help="resume the latest checkpoint")
+    g.add_argument("--fresh", dest="resume", action="store_false", help="ignore existing checkpoints")
+    p.add_argument("--metrics-port", type=int, default=None, help="override spec.trainer.metricsPort; 0 disables")
+    p.add_argument("--max-steps", type=int, default=None, help="override hyperparameters.maxSteps (smoke runs)")
+    return p.parse_args(argv)
+
+
+def _tokenizer(cfg: TrainerConfig, out_dir: Path, resume_from: Path | None, train_convs: list) -> object:
+    if resume_from is not None:
+        return tokenizer.load(resume_from)
+    if cfg.source.kind == "path":
+        assert cfg.source.path is not None
+        return tokenizer.load(cfg.source.path)
+    tok_dir = out_dir / "tokenizer"
+    if dist.get_rank() == 0:
+        tok = tokenizer.train_bpe(data.corpus_text(train_convs), cfg.model.vocab_size)
+        with checkpoint.atomic_dir(tok_dir, is_writer=True) as tmp:
+            tokenizer.save(tok, tmp)
+    else:
+        with checkpoint.atomic_dir(tok_dir, is_writer=False):
+            pass
+    return tokenizer.load(tok_dir)
+
+
+def run(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = from_job(job, base_dir=args.job.resolve().parent, world_size=world)
+    if args.metrics_port is not None:
+        cfg = replace(cfg, metrics=replace(cfg.metrics, port=args.metrics_port))
+    if args.max_steps is not None:
+        cfg = replace(cfg, optim=replace(cfg.optim, max_steps=args.max_steps))
+    if cfg.source.kind == "path":
+        assert cfg.source.path is not None
+        m = hf_import.model_config_from_dir(Path(cfg.source.path), cfg.model.family, cfg.model.dtype, cfg.data.seq_length)
+        if job.spec.model.mtp_num_layers is not None and m.mtp_num_layers != job.spec.model.mtp_num_layers:
+            raise ConfigError(
+                f"spec.model.mtpNumLayers is {job.spec.model.mtp_num_layers} but the checkpoint has "
+                f"{m.mtp_num_layers}; remove the field or set it to {m.mtp_num_layers}"
+            )
+        cfg = replace(cfg, model=m)
+    family = families.get(cfg.model.family)
+    family.check(cfg.model)
+
+    info = distributed.init(cfg.parallel.tensor_parallel_size, cfg.parallel.pipeline_parallel_size, cfg.seed)
+    out_dir: Path = args.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = checkpoint.latest(out_dir) if args.resume else None
+
+    train_convs, val_convs = data.split(cfg.data)
+    tok = _tokenizer(cfg, out_dir, resume_from, train_convs)
+    if len(tok) > cfg.model.vocab_size:  # type: ignore[arg-type]
+        raise ConfigError(
+            f"the tokenizer has {len(tok)} entries but the model vocabulary is {cfg.model.vocab_size}; "  # type: ignore[arg-type]
+            "use the checkpoint's own tokenizer or raise spec.model.source.tiny.vocabSize"
+        )
+    rows = data.pack(train_convs, tok, cfg.data.seq_length, cfg.data.seed)  # type: ignore[arg-type]
+    val_rows = data.pack(val_convs, tok, cfg.data.seq_length, cfg.data.seed) if val_convs else None  # type: ignore[arg-type]
+
+    torch.manual_seed(cfg.seed)
+    model = family.provider(cfg.model, cfg.parallel.tensor_parallel_size, cfg.mtp.loss_scaling_factor).provide()
+    if cfg.source.kind == "path" and resume_from is None:
+        assert cfg.source.path is not None
+        hf_import.load_into(model, Path(cfg.source.path), cfg.model)
+    mtp_modes.prepare(model, cfg.mtp.mode)
+    optimizer = build_optimizer(model, cfg)
+    start = 0
+    if resume_from is not None:
+        start = int(checkpoint.load(resume_from, model, optimizer)["step"])
+
+    schedule = data.BatchSchedule(
+        rows=rows,
+        micro_batch_size=cfg.data.micro_batch_size,
+        grad_accum_steps=cfg.data.grad_accum_steps,
+        dp_rank=ps.get_data_parallel_rank(),
+        dp_size=ps.get_data_parallel_world_size(),
+        seed=cfg.data.seed,
+    )
+    metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
+    if info.is_main:
+        summary = {
+            "event": "start",
+            "step": start,
+            "mode": cfg.mtp.mode,
+            "family": cfg.model.family,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_rows": len(rows),
+            "validation_rows": len(val_rows) if val_rows else 0,
+            "world_size": info.world_size,
+            "device": str(info.device),
+            "metrics_port": metrics.port,
+        }
+        print(json.dumps(summary), flush=True)
+    trainer = Trainer(cfg, model, optimizer, schedule, val_rows, metrics, info.device, out_dir, tok)
+    trainer.run(start)
+    hf_export.export(model, cfg.model, tok, out_dir / "hf")
+    if info.is_main:
+        print(json.dumps({"event": "done", "step": cfg.optim.max_steps, "export": str(out_dir / "hf")}), flush=True)
+    distributed.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (ConfigError, ManifestError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

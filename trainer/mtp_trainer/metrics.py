@@ -1,0 +1,100 @@
+"""Training metrics: Prometheus gauges on a port and one JSON line per step in ``metrics.jsonl``.
+
+Prometheus names are prefixed ``mtp_trainer_`` and carry ``job`` / ``namespace`` labels (empty
+when unknown); per-depth series add ``depth`` ("1".."D"). Validation series use ``split``.
+The JSONL file is what ``mtpjob run`` tails for live progress:
+``{"step", "lm_loss", "mtp_loss": [...], "mtp_agreement": [...], "tokens_per_s", "step_s", ...}``
+for training steps and the same keys plus ``"split": "validation"`` for evaluations.
+Only rank 0 reports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from mtp_trainer.config import MetricsConfig
+
+
+@dataclass
+class StepRecord:
+    step: int
+    lm_loss: float
+    mtp_loss: list[float]
+    mtp_agreement: list[float]
+    lm_agreement: float
+    tokens_per_s: float
+    step_s: float
+    learning_rate: float
+    grad_norm: list[float] = field(default_factory=list)
+    split: str = "train"
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "step": self.step,
+            "lm_loss": self.lm_loss,
+            "mtp_loss": self.mtp_loss,
+            "mtp_agreement": self.mtp_agreement,
+            "lm_agreement": self.lm_agreement,
+            "tokens_per_s": self.tokens_per_s,
+            "step_s": self.step_s,
+        }
+        if self.split == "train":
+            d["learning_rate"] = self.learning_rate
+            d["grad_norm"] = self.grad_norm
+        else:
+            d["split"] = self.split
+        return d
+
+
+class Metrics:
+    """Rank-0 reporter; on other ranks every method is a no-op."""
+
+    def __init__(self, cfg: MetricsConfig, out_dir: Path, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.port: int | None = None
+        self.registry = CollectorRegistry()
+        labels = ["job", "namespace"]
+        self._base = {"job": cfg.job, "namespace": cfg.namespace}
+        r = self.registry
+        self.step = Gauge("mtp_trainer_step", "Last completed optimizer step", labels, registry=r)
+        self.lm_loss = Gauge("mtp_trainer_lm_loss", "Next-token cross-entropy", [*labels, "split"], registry=r)
+        self.mtp_loss = Gauge(
+            "mtp_trainer_mtp_loss", "MTP cross-entropy per depth", [*labels, "split", "depth"], registry=r
+        )
+        self.mtp_agreement = Gauge(
+            "mtp_trainer_mtp_agreement",
+            "Top-1 agreement of the MTP head with the actual token at depth+1 (offline acceptance proxy)",
+            [*labels, "split", "depth"],
+            registry=r,
+        )
+        self.tokens_per_s = Gauge("mtp_trainer_tokens_per_second", "Training tokens per second", labels, registry=r)
+        self.step_s = Gauge("mtp_trainer_step_seconds", "Wall time of the last optimizer step", labels, registry=r)
+        self.lr = Gauge("mtp_trainer_learning_rate", "Current learning rate", labels, registry=r)
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if cfg.port:
+                server, _ = start_http_server(cfg.port, registry=self.registry)
+                self.port = int(server.server_port)
+
+    def record(self, rec: StepRecord) -> None:
+        if not self.enabled:
+            return
+        b = self._base
+        split = rec.split
+        self.lm_loss.labels(**b, split=split).set(rec.lm_loss)
+        for d, (loss, agree) in enumerate(zip(rec.mtp_loss, rec.mtp_agreement, strict=True), start=1):
+            self.mtp_loss.labels(**b, split=split, depth=str(d)).set(loss)
+            self.mtp_agreement.labels(**b, split=split, depth=str(d)).set(agree)
+        if split == "train":
+            self.step.labels(**b).set(rec.step)
+            self.tokens_per_s.labels(**b).set(rec.tokens_per_s)
+            self.step_s.labels(**b).set(rec.step_s)
+            self.lr.labels(**b).set(rec.learning_rate)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(rec.to_json()) + "\n")

@@ -1,0 +1,205 @@
+"""The training loop: plain PyTorch around Megatron modules (see cpu_compat, workaround 6).
+
+One optimizer step = ``grad_accum_steps`` micro-batches per data-parallel rank, gradients averaged
+over the data-parallel group, one clip per mode group (``mtp_modes.clip_groups``), AdamW, then a
+linear-warmup + cosine learning rate computed from the step number alone (so a resume needs no
+scheduler state). Evaluation runs the MTP head even in ``disabled`` mode: a frozen head's
+agreement on held-out data is exactly what drifts when the trunk trains without it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from torch import nn
+
+from mtp_trainer import checkpoint, mtp_modes
+from mtp_trainer.config import OptimConfig, TrainerConfig
+from mtp_trainer.data import BatchSchedule, PackedRows, eval_batches
+from mtp_trainer.metrics import Metrics, StepRecord
+
+
+def lr_at(step: int, o: OptimConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based)."""
+    if o.warmup_steps and step < o.warmup_steps:
+        return o.learning_rate * (step + 1) / o.warmup_steps
+    span = max(o.max_steps - o.warmup_steps, 1)
+    progress = min(max(step - o.warmup_steps, 0) / span, 1.0)
+    return o.min_learning_rate + 0.5 * (o.learning_rate - o.min_learning_rate) * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, trunk and MTP as separate groups (same hyperparameters)."""
+    groups = [
+        {"params": [p for _, p in mtp_modes.trunk_parameters(model) if p.requires_grad], "name": "trunk"},
+        {"params": [p for _, p in mtp_modes.mtp_parameters(model) if p.requires_grad], "name": "mtp"},
+    ]
+    groups = [g for g in groups if g["params"]]
+    o = cfg.optim
+    return torch.optim.AdamW(groups, lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay, eps=1e-8)
+
+
+@dataclass
+class _Sums:
+    lm_loss: float = 0.0
+    lm_correct: float = 0.0
+    lm_tokens: float = 0.0
+    n: int = 0
+    mtp_loss: list[float] | None = None
+    mtp_correct: list[float] | None = None
+    mtp_tokens: list[float] | None = None
+
+    def add(self, out: mtp_modes.ForwardOutput) -> None:
+        self.n += 1
+        self.lm_loss += float(out.lm_loss.detach())
+        self.lm_correct += out.lm_correct
+        self.lm_tokens += out.lm_tokens
+        d = len(out.mtp_losses)
+        if self.mtp_loss is None:
+            self.mtp_loss, self.mtp_correct, self.mtp_tokens = [0.0] * d, [0.0] * d, [0.0] * d
+        assert self.mtp_correct is not None and self.mtp_tokens is not None
+        for i in range(d):
+            self.mtp_loss[i] += float(out.mtp_losses[i].detach())
+            self.mtp_correct[i] += out.mtp_correct[i]
+            self.mtp_tokens[i] += out.mtp_tokens[i]
+
+    def reduced(self, group: Any) -> tuple[float, list[float], list[float], float]:
+        """Mean losses and agreement over micro-batches and data-parallel ranks."""
+        d = len(self.mtp_loss or [])
+        vec = torch.tensor(
+            [self.lm_loss, float(self.n), self.lm_correct, self.lm_tokens]
+            + (self.mtp_loss or [])
+            + (self.mtp_correct or [])
+            + (self.mtp_tokens or []),
+            dtype=torch.float64,
+        )
+        if dist.is_initialized() and dist.get_world_size(group) > 1:
+            dist.all_reduce(vec, group=group)
+        n = max(vec[1].item(), 1.0)
+        lm = vec[0].item() / n
+        lm_agree = vec[2].item() / max(vec[3].item(), 1.0)
+        losses = [vec[4 + i].item() / n for i in range(d)]
+        agree = [vec[4 + d + i].item() / max(vec[4 + 2 * d + i].item(), 1.0) for i in range(d)]
+        return lm, losses, agree, lm_agree
+
+
+@dataclass
+class Trainer:
+    cfg: TrainerConfig
+    model: Any  # GPTModel
+    optimizer: torch.optim.Optimizer
+    schedule: BatchSchedule
+    val_rows: PackedRows | None
+    metrics: Metrics
+    device: torch.device
+    out_dir: Path
+    tokenizer: Any
+
+    def _dp_group(self) -> Any:
+        return ps.get_data_parallel_group() if dist.is_initialized() else None
+
+    def train_step(self, step: int) -> StepRecord:
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        mode = cfg.mtp.mode
+        self.model.train()
+        lr = lr_at(step, cfg.optim)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = _Sums()
+        accum = self.schedule.grad_accum_steps
+        for micro in range(accum):
+            batch = self.schedule.micro_batch(step, micro).to(self.device)
+            out = mtp_modes.forward(self.model, batch, mode, cfg.mtp.loss_scaling_factor)
+            (out.loss / accum).backward()
+            sums.add(out)
+        self._allreduce_grads()
+        norms = []
+        for group in mtp_modes.clip_groups(self.model, mode):
+            with_grad = [p for p in group if p.grad is not None]
+            if with_grad:
+                clip = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else float("inf")
+                norms.append(float(torch.nn.utils.clip_grad_norm_(with_grad, clip)))
+        self.optimizer.step()
+        lm, losses, agree, lm_agree = sums.reduced(self._dp_group())
+        dt = time.perf_counter() - t0
+        tokens = self.schedule.global_batch_size() * cfg.data.seq_length
+        return StepRecord(
+            step=step + 1,
+            lm_loss=lm,
+            mtp_loss=losses,
+            mtp_agreement=agree,
+            lm_agreement=lm_agree,
+            tokens_per_s=tokens / dt,
+            step_s=dt,
+            learning_rate=lr,
+            grad_norm=norms,
+        )
+
+    def _allreduce_grads(self) -> None:
+        if not dist.is_initialized():
+            return
+        group = ps.get_data_parallel_group()
+        size = dist.get_world_size(group)
+        if size == 1:
+            return
+        for p in self.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, group=group)
+                p.grad.div_(size)
+
+    @torch.no_grad()
+    def evaluate(self, step: int, max_batches: int | None = None) -> StepRecord | None:
+        """Held-out loss and MTP agreement (same numbers on every rank; rank 0 reports)."""
+        if self.val_rows is None or len(self.val_rows) == 0:
+            return None
+        self.model.eval()
+        t0 = time.perf_counter()
+        sums = _Sums()
+        mode = mtp_modes.JOINT if self.cfg.model.mtp_num_layers else mtp_modes.DISABLED
+        n = max_batches or self.cfg.schedule.eval_batches
+        for batch in eval_batches(self.val_rows, self.cfg.data.micro_batch_size, n):
+            sums.add(mtp_modes.forward(self.model, batch.to(self.device), mode, self.cfg.mtp.loss_scaling_factor))
+        lm, losses, agree, lm_agree = sums.reduced(None)
+        rec = StepRecord(
+            step=step,
+            lm_loss=lm,
+            mtp_loss=losses,
+            mtp_agreement=agree,
+            lm_agreement=lm_agree,
+            tokens_per_s=0.0,
+            step_s=time.perf_counter() - t0,
+            learning_rate=lr_at(max(step - 1, 0), self.cfg.optim),
+            split="validation",
+        )
+        self.metrics.record(rec)
+        return rec
+
+    def save(self, step: int) -> Path:
+        return checkpoint.save(self.out_dir, step, self.model, self.optimizer, self.cfg, self.tokenizer)
+
+    def run(self, start_step: int) -> list[StepRecord]:
+        """Train from ``start_step`` (completed steps) to ``max_steps``; eval/save on schedule."""
+        cfg = self.cfg
+        history: list[StepRecord] = []
+        if start_step == 0:
+            self.evaluate(0)
+        for step in range(start_step, cfg.optim.max_steps):
+            rec = self.train_step(step)
+            self.metrics.record(rec)
+            history.append(rec)
+            done = rec.step
+            last = done == cfg.optim.max_steps
+            if done % cfg.schedule.eval_steps == 0 or last:
+                self.evaluate(done)
+            if done % cfg.schedule.save_steps == 0 or last:
+                self.save(done)
+        return history
