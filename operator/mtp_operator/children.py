@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtp_api import types as t
-
 from mtp_operator import names
 from mtp_operator.builders.configmap import build_config_map
 from mtp_operator.builders.rollout import build_rollout_deployment

@@ -19,7 +19,6 @@ from kopf._cogs.structs.references import Selector
 from kopf._core.intents.registries import SmartOperatorRegistry
 
 from mtp_api import types as t
-
 from mtp_operator import metrics, names
 from mtp_operator.kube import Kube
 from mtp_operator.metrics_store import JobKey
@@ -74,7 +73,8 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     jobs = (t.GROUP, t.VERSION, t.PLURAL)
 
     @kopf.on.startup(id="startup", registry=registry)
-    async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+    async def startup(memo: Any, settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
+                      **_: Any) -> None:
         memo.runtime = Runtime(config=config, kopf_settings=settings)
         metrics.serve(config.metrics_port)
         logger.info(f"mtp-operator started: {config.model_dump()}")

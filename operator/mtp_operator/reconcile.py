@@ -19,7 +19,6 @@ from pydantic import ValidationError
 
 from mtp_api import types as t
 from mtp_api.validation import semantic_checks
-
 from mtp_operator import metrics
 from mtp_operator.apply import apply_children
 from mtp_operator.builders.common import BuildError

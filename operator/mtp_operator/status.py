@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mtp_api import types as t
-
 from mtp_operator import names
 from mtp_operator.metrics_store import JobMetrics
 from mtp_operator.observed import Observed
@@ -23,6 +22,7 @@ LOSS_DIGITS = 4
 TPS_DIGITS = 1
 
 Status3 = Literal["True", "False", "Unknown"]
+Cond = tuple[t.ConditionType, Status3, str, str]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Verdict:
     """The state and the conditions that explain it, before transition times are filled in."""
 
     state: t.JobState
-    conditions: tuple[tuple[t.ConditionType, Status3, str, str], ...]
+    conditions: tuple[Cond, ...]
 
 
 def _iso(now: datetime.datetime) -> str:
@@ -93,7 +93,9 @@ def verdict(
                 (C.SUCCEEDED, "True", R.TRAINING_COMPLETED, f"trainer reached maxSteps {max_steps}"),
             ),
         )
-    created_c = (C.CREATED, "True" if created else "False", R.CHILDREN_CREATED, "" if created else "creating children")
+    created_c: Cond = (
+        (C.CREATED, "True", R.CHILDREN_CREATED, "") if created else (C.CREATED, "False", R.CHILDREN_CREATED, "creating children")
+    )
     if policy.suspend:
         return Verdict(
             t.JobState.SUSPENDED,
@@ -102,7 +104,7 @@ def verdict(
     trainer_ready, rollout_ready = ready_counts(job, observed)
     want_rollout = job.spec.rollout.replicas if job.spec.rollout is not None else 0
     ready = created and trainer_ready >= job.spec.trainer.replicas and rollout_ready >= want_rollout
-    running_c = (
+    running_c: Cond = (
         (C.RUNNING, "True", R.PODS_READY, "")
         if ready
         else (C.RUNNING, "False", R.PODS_NOT_READY, f"trainer {trainer_ready}/{job.spec.trainer.replicas} ready")

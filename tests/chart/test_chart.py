@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from mtp_api.crd import crd_yaml
-
 from mtp_operator.settings import PREFIX, OperatorConfig
 from tests.chart.conftest import CHART, REPO, VALUES, render
 
@@ -29,16 +28,14 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def test_helm_lint(helm: Path) -> None:
     for values in VALUES:
-        subprocess.run([str(helm), "lint", "--strict", str(CHART), "-f", str(values)], check=True,
-                       capture_output=True)
+        subprocess.run([str(helm), "lint", "--strict", str(CHART), "-f", str(values)], check=True, capture_output=True)
 
 
 def test_schema_rejects_unknown_and_wrong_values(helm: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     for text in ("replicaCuont: 2\n", "operator: {logLevel: LOUD}\n", "watchNamespaces: [Team_A]\n"):
         bad.write_text(text)
-        out = subprocess.run([str(helm), "template", "x", str(CHART), "-f", str(bad)], capture_output=True,
-                             text=True)
+        out = subprocess.run([str(helm), "template", "x", str(CHART), "-f", str(bad)], capture_output=True, text=True)
         assert out.returncode != 0 and "values don't meet the specifications of the schema" in out.stderr
 
 
@@ -67,7 +64,7 @@ def test_operator_env_is_exactly_the_typed_settings(helm: Path) -> None:
         dep = by_kind(render(helm, values), "Deployment")[0]
         env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
         ours = {k: v for k, v in env.items() if k.startswith(PREFIX)}
-        assert {k[len(PREFIX):].lower() for k in ours} <= set(OperatorConfig.model_fields)
+        assert {k[len(PREFIX) :].lower() for k in ours} <= set(OperatorConfig.model_fields)
         config = OperatorConfig.from_env(ours)
         assert config.standalone is False and config.peering_name == "mtp-operator"
         assert "POD_ID" in env  # Kopf's peering identity
@@ -135,7 +132,9 @@ def test_monitoring_objects(helm: Path) -> None:
     assert rollout["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "rollout"
     rule = by_kind(docs, "PrometheusRule")[0]
     groups = [g["name"] for g in rule["spec"]["groups"]]
-    expected = [g["name"] for f in sorted((CHART / "rules").glob("*.yaml")) for g in yaml.safe_load(f.read_text())["groups"]]
+    expected = [
+        g["name"] for f in sorted((CHART / "rules").glob("*.yaml")) for g in yaml.safe_load(f.read_text())["groups"]
+    ]
     assert groups == expected and "mtp-operator" in groups
 
 
@@ -147,7 +146,9 @@ def test_empty_dashboards_and_rules_render_nothing(helm: Path, tmp_path: Path) -
         (chart / folder).mkdir()
     out = subprocess.run(
         [str(helm), "template", "mtp", str(chart), "--set", "prometheusRule.enabled=true"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
     assert "PrometheusRule" not in kinds and "ConfigMap" not in kinds
@@ -157,5 +158,9 @@ def test_empty_dashboards_and_rules_render_nothing(helm: Path, tmp_path: Path) -
 def test_rule_files_pass_promtool() -> None:
     files = sorted(str(p) for p in (CHART / "rules").glob("*.yaml"))
     subprocess.run(["promtool", "check", "rules", *files], check=True, capture_output=True)
-    subprocess.run(["promtool", "test", "rules", str(Path(__file__).parent / "operator_rules_test.yaml")],
-                   check=True, capture_output=True, cwd=Path(__file__).parent)
+    subprocess.run(
+        ["promtool", "test", "rules", str(Path(__file__).parent / "operator_rules_test.yaml")],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).parent,
+    )

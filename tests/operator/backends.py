@@ -12,7 +12,6 @@ import subprocess
 from typing import Any, Protocol
 
 from mtp_api import types as t
-
 from mtp_operator.settings import OperatorConfig
 from mtp_operator.testing.harness import OperatorThread, ServerThread
 
@@ -61,7 +60,7 @@ class KmockBackend:
         self.server.call(lambda: self.server.server.put_object(plural, body))
 
     def get(self, plural: str, name: str) -> dict[str, Any] | None:
-        return self.server.call(lambda: self.server.server.get(plural, self.namespace, name))
+        return self.server.call(lambda: self.server.server.get_object(plural, self.namespace, name))
 
     def list(self, plural: str) -> list[dict[str, Any]]:
         return self.server.call(lambda: self.server.server.find(plural, self.namespace))

@@ -56,11 +56,17 @@ def test_create_fills_metadata_from_the_url_and_conflicts_on_repeat() -> None:
 
 def test_status_subresource_is_separate_and_generation_counts_spec_changes() -> None:
     async def body(srv: TestApiServer, s: aiohttp.ClientSession, url: str) -> None:
-        _, job = await _json(await s.post(url + JOBS, json={"metadata": {"name": "j"}, "spec": {"a": 1}, "status": {"x": 1}}))
+        _, job = await _json(
+            await s.post(url + JOBS, json={"metadata": {"name": "j"}, "spec": {"a": 1}, "status": {"x": 1}})
+        )
         assert "status" not in job
-        _, job = await _json(await s.patch(url + JOBS + "/j/status", json={"status": {"x": 2}, "spec": {"a": 9}}, headers=MERGE))
+        _, job = await _json(
+            await s.patch(url + JOBS + "/j/status", json={"status": {"x": 2}, "spec": {"a": 9}}, headers=MERGE)
+        )
         assert job["status"] == {"x": 2} and job["spec"] == {"a": 1} and job["metadata"]["generation"] == 1
-        _, job = await _json(await s.patch(url + JOBS + "/j", json={"status": {"x": 3}, "spec": {"a": 2}}, headers=MERGE))
+        _, job = await _json(
+            await s.patch(url + JOBS + "/j", json={"status": {"x": 3}, "spec": {"a": 2}}, headers=MERGE)
+        )
         assert job["status"] == {"x": 2} and job["spec"] == {"a": 2} and job["metadata"]["generation"] == 2
         rv = job["metadata"]["resourceVersion"]
         _, same = await _json(await s.patch(url + JOBS + "/j", json={"spec": {"a": 2}}, headers=MERGE))
@@ -76,9 +82,13 @@ def test_put_checks_resource_version_and_json_patch_test_op() -> None:
         assert code == 200
         code, _ = await _json(await s.put(url + CMS + "/a", json={**cm, "data": {"k": "3"}}))
         assert code == 409
-        stale = [{"op": "test", "path": "/metadata/resourceVersion", "value": cm["metadata"]["resourceVersion"]},
-                 {"op": "replace", "path": "/data/k", "value": "4"}]
-        code, _ = await _json(await s.patch(url + CMS + "/a", json=stale, headers={"Content-Type": "application/json-patch+json"}))
+        stale = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": cm["metadata"]["resourceVersion"]},
+            {"op": "replace", "path": "/data/k", "value": "4"},
+        ]
+        code, _ = await _json(
+            await s.patch(url + CMS + "/a", json=stale, headers={"Content-Type": "application/json-patch+json"})
+        )
         assert code == 422
         code, _ = await _json(await s.put(url + CMS + "/missing", json={"metadata": {"name": "missing"}}))
         assert code == 404
@@ -90,8 +100,14 @@ def test_label_selectors_on_list() -> None:
     async def body(srv: TestApiServer, s: aiohttp.ClientSession, url: str) -> None:
         for name, labels in (("a", {"app": "x", "tier": "1"}), ("b", {"app": "y"}), ("c", {})):
             await _json(await s.post(url + CMS, json={"metadata": {"name": name, "labels": labels}}))
-        for selector, want in (("app=x", ["a"]), ("app!=x", ["b", "c"]), ("app", ["a", "b"]), ("!app", ["c"]),
-                               ("app in (x,y),tier", ["a"]), ("app notin (x)", ["b", "c"])):
+        for selector, want in (
+            ("app=x", ["a"]),
+            ("app!=x", ["b", "c"]),
+            ("app", ["a", "b"]),
+            ("!app", ["c"]),
+            ("app in (x,y),tier", ["a"]),
+            ("app notin (x)", ["b", "c"]),
+        ):
             _, lst = await _json(await s.get(url + CMS, params={"labelSelector": selector}))
             assert sorted(i["metadata"]["name"] for i in lst["items"]) == want, selector
 
@@ -115,15 +131,17 @@ def test_watch_resumes_from_a_resource_version_without_replaying() -> None:
 
 def test_owner_reference_garbage_collection_and_finalizers() -> None:
     async def body(srv: TestApiServer, s: aiohttp.ClientSession, url: str) -> None:
-        _, job = await _json(await s.post(url + JOBS, json={"metadata": {"name": "j", "finalizers": ["f"]}, "spec": {}}))
+        _, job = await _json(
+            await s.post(url + JOBS, json={"metadata": {"name": "j", "finalizers": ["f"]}, "spec": {}})
+        )
         ref = {"apiVersion": "mtp.io/v1alpha1", "kind": "MTPTrainingJob", "name": "j", "uid": job["metadata"]["uid"]}
         await _json(await s.post(url + CMS, json={"metadata": {"name": "child", "ownerReferences": [ref]}}))
         await _json(await s.delete(url + JOBS + "/j"))
-        assert srv.get("mtptrainingjobs", "ns", "j")["metadata"]["deletionTimestamp"]  # held by the finalizer
-        assert srv.get("configmaps", "ns", "child") is not None
+        assert srv.get_object("mtptrainingjobs", "ns", "j")["metadata"]["deletionTimestamp"]  # held by the finalizer
+        assert srv.get_object("configmaps", "ns", "child") is not None
         await _json(await s.patch(url + JOBS + "/j", json={"metadata": {"finalizers": None}}, headers=MERGE))
-        assert srv.get("mtptrainingjobs", "ns", "j") is None
-        assert srv.get("configmaps", "ns", "child") is None
+        assert srv.get_object("mtptrainingjobs", "ns", "j") is None
+        assert srv.get_object("configmaps", "ns", "child") is None
 
     run(body)
 
@@ -131,8 +149,11 @@ def test_owner_reference_garbage_collection_and_finalizers() -> None:
 @pytest.mark.parametrize(
     ("target", "patch", "want"),
     [
-        ({"containers": [{"name": "a", "image": "1"}, {"name": "b"}]}, {"containers": [{"name": "a", "image": "2"}]},
-         {"containers": [{"name": "a", "image": "2"}, {"name": "b"}]}),
+        (
+            {"containers": [{"name": "a", "image": "1"}, {"name": "b"}]},
+            {"containers": [{"name": "a", "image": "2"}]},
+            {"containers": [{"name": "a", "image": "2"}, {"name": "b"}]},
+        ),
         ({"env": [{"name": "X", "value": "1"}]}, {"env": [{"name": "X", "$patch": "delete"}]}, {"env": []}),
         ({"args": ["a", "b"]}, {"args": ["c"]}, {"args": ["c"]}),
     ],
@@ -143,6 +164,12 @@ def test_strategic_merge_keeps_keyed_lists(target: dict[str, Any], patch: dict[s
 
 def test_json_patch_ops() -> None:
     doc = {"a": [1, 2], "b": {"c": 1}}
-    out = json_patch(doc, [{"op": "add", "path": "/a/-", "value": 3}, {"op": "remove", "path": "/b/c"},
-                           {"op": "replace", "path": "/a/0", "value": 0}])
+    out = json_patch(
+        doc,
+        [
+            {"op": "add", "path": "/a/-", "value": 3},
+            {"op": "remove", "path": "/b/c"},
+            {"op": "replace", "path": "/a/0", "value": 0},
+        ],
+    )
     assert out == {"a": [0, 2, 3], "b": {}} and doc == {"a": [1, 2], "b": {"c": 1}}

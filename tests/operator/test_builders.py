@@ -10,8 +10,6 @@ import pytest
 import yaml
 
 from mtp_api import types as t
-from mtp_rollout.launcher import server_plan
-
 from mtp_operator import names
 from mtp_operator.builders.common import BuildError
 from mtp_operator.builders.configmap import build_config_map
@@ -20,6 +18,7 @@ from mtp_operator.builders.rollout import build_rollout_deployment
 from mtp_operator.builders.services import build_rollout_service, build_trainer_service
 from mtp_operator.builders.trainer import build_trainer_statefulset
 from mtp_operator.children import Scale, desired_children
+from mtp_rollout.launcher import server_plan
 from tests.operator.conftest import job_manifest
 
 Mutate = Callable[[dict[str, Any]], None]
@@ -99,9 +98,12 @@ TRAINER_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "mutate", "want_env", "gpus", "extra"), TRAINER_CASES, ids=[c[0] for c in TRAINER_CASES])
-def test_trainer_statefulset(case: str, mutate: Mutate | None, want_env: dict[str, str], gpus: int | None,
-                             extra: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("case", "mutate", "want_env", "gpus", "extra"), TRAINER_CASES, ids=[c[0] for c in TRAINER_CASES]
+)
+def test_trainer_statefulset(
+    case: str, mutate: Mutate | None, want_env: dict[str, str], gpus: int | None, extra: set[str]
+) -> None:
     job = make(mutate)
     sts = build_trainer_statefulset(job, replicas=job.spec.trainer.replicas, config_hash="h")
     got = env(sts)
@@ -110,8 +112,14 @@ def test_trainer_statefulset(case: str, mutate: Mutate | None, want_env: dict[st
     assert got["MASTER_PORT"] == "29500"
     assert got["NODE_RANK"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
     cmd = container(sts)["command"]
-    assert cmd[:6] == ["torchrun", "--nnodes=$(NNODES)", "--nproc-per-node=$(NPROC_PER_NODE)",
-                       "--node-rank=$(NODE_RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)"]
+    assert cmd[:6] == [
+        "torchrun",
+        "--nnodes=$(NNODES)",
+        "--nproc-per-node=$(NPROC_PER_NODE)",
+        "--node-rank=$(NODE_RANK)",
+        "--master-addr=$(MASTER_ADDR)",
+        "--master-port=$(MASTER_PORT)",
+    ]
     assert cmd[6:10] == ["-m", "mtp_trainer.main", "--job", "/etc/mtpjob/job.yaml"]
     out_dir = cmd[cmd.index("--output-dir") + 1]
     assert out_dir in mounts(sts).values()
@@ -184,7 +192,7 @@ def test_rollout_deployment(case: str, mutate: Mutate | None, model: str, init: 
 
 def test_rollout_without_shared_volume_cannot_serve_the_export() -> None:
     job = make(set_("spec.trainer.volumes", {}))
-    with pytest.raises(BuildError, match="volumes.checkpoints"):
+    with pytest.raises(BuildError, match=r"volumes\.checkpoints"):
         rollout_model_path(job)
 
 

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from mtp_api import types as t
-
 from mtp_operator import metrics
 from mtp_operator.testing.harness import wait_for
 from tests.operator.backends import Backend
@@ -115,9 +114,11 @@ def test_spec_change_rolls_the_deployment_only(backend: Backend, job: dict[str, 
         backend.patch(t.PLURAL, NAME, {"spec": {"rollout": {"speculative": {"numSpeculativeTokens": 2}}}})
 
         new = wait_for(
-            lambda: (d := backend.get("deployments", f"{NAME}-rollout"))
-            and '{"method":"mtp","num_speculative_tokens":2}' in args_of(d)
-            and d
+            lambda: (
+                (d := backend.get("deployments", f"{NAME}-rollout"))
+                and '{"method":"mtp","num_speculative_tokens":2}' in args_of(d)
+                and d
+            )
         )
         assert new["spec"]["template"] != dep["spec"]["template"]
         assert new["metadata"]["generation"] > dep["metadata"]["generation"]
@@ -160,10 +161,13 @@ def test_child_deleted_by_hand_is_recreated(backend: Backend, job: dict[str, Any
             assert old is not None
             backend.delete(plural, name)
             new = wait_for(
-                lambda p=plural, n=name, o=old: (c := backend.get(p, n)) and c["metadata"]["uid"] != o["metadata"]["uid"]
-                and c
+                lambda p=plural, n=name, o=old: (
+                    (c := backend.get(p, n)) and c["metadata"]["uid"] != o["metadata"]["uid"] and c
+                )
             )
-            assert new["spec" if plural != "configmaps" else "data"] == old["spec" if plural != "configmaps" else "data"]
+            assert (
+                new["spec" if plural != "configmaps" else "data"] == old["spec" if plural != "configmaps" else "data"]
+            )
 
 
 def test_deleted_job_leaves_nothing_behind(backend: Backend, job: dict[str, Any]) -> None:
@@ -202,7 +206,9 @@ def test_succeeded_state_sticks(backend: Backend, job: dict[str, Any]) -> None:
     backend.apply(t.PLURAL, job)
     with backend.operator() as op:
         wait_for(lambda: all_children(backend))
-        op.runtime.metrics.put_trainer(backend.namespace, NAME, t.TrainerStatus(step=200, lm_loss=1.23456, mtp_loss=2.0))
+        op.runtime.metrics.put_trainer(
+            backend.namespace, NAME, t.TrainerStatus(step=200, lm_loss=1.23456, mtp_loss=2.0)
+        )
         backend.patch(t.PLURAL, NAME, {"metadata": {"labels": {"poke": "1"}}})  # any event: the store is read
         st = wait_state(backend, "Succeeded")
         assert st["trainer"]["step"] == 200 and st["trainer"]["lmLoss"] == 1.2346
@@ -243,8 +249,13 @@ def test_operator_metrics_count_reconciles_and_jobs(backend: Backend, job: dict[
     with backend.operator():
         wait_state(backend, "Created")
         text = _exposition()
-        assert f'mtptrainingjob_info{{name="{NAME}",namespace="{backend.namespace}",pipeline="sft",state="Created",training_mode="joint"}} 1.0' in text
-        assert f'mtptrainingjob_condition{{condition="Created",name="{NAME}",namespace="{backend.namespace}"}} 1.0' in text
+        assert (
+            f'mtptrainingjob_info{{name="{NAME}",namespace="{backend.namespace}",pipeline="sft",state="Created",training_mode="joint"}} 1.0'
+            in text
+        )
+        assert (
+            f'mtptrainingjob_condition{{condition="Created",name="{NAME}",namespace="{backend.namespace}"}} 1.0' in text
+        )
         assert 'mtp_operator_reconcile_total{trigger="event"}' in text
         assert "mtp_operator_reconcile_duration_seconds_bucket" in text
 
@@ -270,4 +281,3 @@ def _pod(name: str, restarts: int) -> dict[str, Any]:
         "spec": {"containers": [{"name": "trainer", "image": "x"}]},
         "status": {"phase": "Running", "containerStatuses": [{"name": "trainer", "restartCount": restarts}]},
     }
-

@@ -8,9 +8,8 @@ import pytest
 import yaml
 
 from mtp_api.validation import load_job
-from mtpjob.cli import main
-
 from mtp_operator.children import desired_children
+from mtpjob.cli import main
 from tests.operator.conftest import job_manifest
 
 

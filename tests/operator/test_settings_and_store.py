@@ -8,15 +8,18 @@ import pytest
 from pydantic import ValidationError
 
 from mtp_api import types as t
-
 from mtp_operator.metrics_store import LatestMetrics
 from mtp_operator.settings import OperatorConfig
 
 
 def test_settings_from_env() -> None:
     cfg = OperatorConfig.from_env(
-        {"MTP_OPERATOR_NAMESPACES": "a, b,", "MTP_OPERATOR_RESYNC_SECONDS": "15", "MTP_OPERATOR_STANDALONE": "true",
-         "UNRELATED": "x"}
+        {
+            "MTP_OPERATOR_NAMESPACES": "a, b,",
+            "MTP_OPERATOR_RESYNC_SECONDS": "15",
+            "MTP_OPERATOR_STANDALONE": "true",
+            "UNRELATED": "x",
+        }
     )
     assert cfg.namespaces == ("a", "b") and cfg.resync_seconds == 15.0 and cfg.standalone is True
     with pytest.raises(ValidationError):

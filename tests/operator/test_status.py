@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from mtp_api import types as t
-
 from mtp_operator.metrics_store import JobMetrics
 from mtp_operator.observed import ChildState, Observed, PodState, observed_from
 from mtp_operator.status import compute_status
@@ -47,7 +46,15 @@ CASES = [
     ("suspended", job(suspend=True), children(1, 1), JobMetrics(), 0, "Suspended", ("Suspended", "Suspended")),
     ("backoff", job(backoffLimit=1), with_restarts(2), JobMetrics(), 0, "Failed", ("Failed", "BackoffLimitExceeded")),
     ("within-backoff", job(backoffLimit=2), with_restarts(2), JobMetrics(), 0, "Created", ("Running", "PodsNotReady")),
-    ("deadline", job(activeDeadlineSeconds=60), children(1, 1), JobMetrics(), 61, "Failed", ("Failed", "DeadlineExceeded")),
+    (
+        "deadline",
+        job(activeDeadlineSeconds=60),
+        children(1, 1),
+        JobMetrics(),
+        61,
+        "Failed",
+        ("Failed", "DeadlineExceeded"),
+    ),
     (
         "succeeded",
         job(),
@@ -57,13 +64,22 @@ CASES = [
         "Succeeded",
         ("Succeeded", "TrainingCompleted"),
     ),
-    ("not-yet", job(), children(1, 1), JobMetrics(trainer=t.TrainerStatus(step=199)), 0, "Running", ("Running", "PodsReady")),
+    (
+        "not-yet",
+        job(),
+        children(1, 1),
+        JobMetrics(trainer=t.TrainerStatus(step=199)),
+        0,
+        "Running",
+        ("Running", "PodsReady"),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "j", "obs", "m", "dt", "state", "cond"), CASES, ids=[c[0] for c in CASES])
-def test_verdicts(case: str, j: t.MTPTrainingJob, obs: Observed, m: JobMetrics, dt: int, state: str,
-                  cond: tuple[str, str]) -> None:
+def test_verdicts(
+    case: str, j: t.MTPTrainingJob, obs: Observed, m: JobMetrics, dt: int, state: str, cond: tuple[str, str]
+) -> None:
     start = compute_status(j, None, obs, m, T0, generation=1)  # the first reconcile sets startTime
     st = compute_status(j, start, obs, m, T0 + datetime.timedelta(seconds=dt), generation=1)
     assert st.state == state
@@ -104,4 +120,6 @@ def test_terminal_state_sticks_while_numbers_move() -> None:
 
 def test_invalid_spec_fails_with_reason() -> None:
     st = compute_status(job(), None, Observed(), JobMetrics(), T0, generation=1, invalid="bad volume")
-    assert st.state == "Failed" and st.conditions[0].reason == "InvalidSpec" and st.conditions[0].message == "bad volume"
+    assert (
+        st.state == "Failed" and st.conditions[0].reason == "InvalidSpec" and st.conditions[0].message == "bad volume"
+    )

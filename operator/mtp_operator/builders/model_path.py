@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from mtp_api import types as t
-
 from mtp_operator import names
 from mtp_operator.builders.common import BuildError
 

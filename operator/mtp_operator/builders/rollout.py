@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from mtp_api import types as t
-from mtp_rollout.launcher import server_plan
-
 from mtp_operator import names
 from mtp_operator.builders import common
 from mtp_operator.builders.model_path import rollout_model_path, serves_trainer_export
+from mtp_rollout.launcher import server_plan
 
 WAIT_SCRIPT = 'until [ -f "$1" ]; do echo "waiting for $1"; sleep 10; done'
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from mtp_api import types as t
-
 from mtp_operator import names
 from mtp_operator.builders import common
 

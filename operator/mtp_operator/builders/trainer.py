@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from mtp_api import types as t
-
 from mtp_operator import names
 from mtp_operator.builders import common
 from mtp_operator.builders.model_path import output_dir, source_model_path

@@ -17,7 +17,6 @@ import kmock
 import kopf
 
 from mtp_api import types as t
-
 from mtp_operator.handlers import make_registry, make_settings
 from mtp_operator.main import run_operator
 from mtp_operator.runtime import Runtime
@@ -69,7 +68,7 @@ class ServerThread:
                 return await result  # type: ignore[no-any-return]
             return result  # type: ignore[return-value]
 
-        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(30)
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(300)
 
 
 class OperatorThread:
@@ -101,7 +100,7 @@ class OperatorThread:
         try:
             asyncio.run(run_operator(self.config, registry=self.registry, ready_flag=self._ready,
                                      stop_flag=self._stop, memo=self.memo, settings=self.settings))
-        except BaseException as exc:  # reported by stop(); a thread cannot raise into the test
+        except BaseException as exc:  # noqa: BLE001 - reported by __enter__; a thread cannot raise into the test
             self.error = exc
             self._ready.set()
 
@@ -117,7 +116,9 @@ class OperatorThread:
     @property
     def runtime(self) -> Runtime:
         """The operator's in-memory state (metrics store included), set by its startup handler."""
-        return wait_for(lambda: getattr(self.memo, "runtime", None))
+        found = wait_for(lambda: getattr(self.memo, "runtime", None))
+        assert isinstance(found, Runtime)
+        return found
 
     def stop(self) -> None:
         self._stop.set()
