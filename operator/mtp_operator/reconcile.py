@@ -104,13 +104,7 @@ async def _reconcile_locked(
     meta = body.get("metadata") or {}
     stored = runtime.status_written.get(key, dict(body.get("status") or {}))
     old = parse_status(stored)
-    job, invalid = parse_job(body)
-    desired: list[dict[str, Any]] = []
-    if job is not None:
-        try:
-            desired = desired_children(job)  # builds fail early, before any status is decided
-        except BuildError as exc:
-            job, invalid = None, str(exc)
+    job, invalid = _build(key, body, runtime)
     typed = job or _placeholder(body)
     status = compute_status(
         typed, old, observed, runtime.metrics.get(namespace, name), now,
@@ -119,7 +113,7 @@ async def _reconcile_locked(
     outcome = Outcome(state=status.state)
     was_terminal = old is not None and old.state in t.TERMINAL_STATES
     if job is not None and not was_terminal and not meta.get("deletionTimestamp"):
-        desired = desired_children(job, _scale(job, status.state))
+        desired = _desired(key, job, _scale(job, status.state), runtime)
         outcome.actions = await apply_children(kube, namespace, desired, observed, runtime.written[key])
     new_wire = status.wire()
     old_wire = {k: v for k, v in stored.items() if k in new_wire or k in _STATUS_KEYS}
@@ -136,6 +130,30 @@ async def _reconcile_locked(
             await kube.delete(namespace, t.KIND, name)
             outcome.actions.append(f"delete {t.KIND}/{name} (ttlSecondsAfterFinished)")
     return outcome
+
+
+def _build(key: JobKey, body: Mapping[str, Any], runtime: Runtime) -> tuple[t.MTPTrainingJob | None, str | None]:
+    """The typed job (or why it is invalid), cached per uid and generation."""
+    meta = body.get("metadata") or {}
+    version = (str(meta.get("uid", "")), int(meta.get("generation") or 0))
+    cached = runtime.built.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]["job"], cached[1]["invalid"]
+    job, invalid = parse_job(body)
+    if job is not None:
+        try:
+            desired_children(job)  # builds fail early, before any status is decided
+        except BuildError as exc:
+            job, invalid = None, str(exc)
+    runtime.built[key] = (version, {"job": job, "invalid": invalid, "desired": {}})
+    return job, invalid
+
+
+def _desired(key: JobKey, job: t.MTPTrainingJob, scale: Scale, runtime: Runtime) -> list[dict[str, Any]]:
+    cache: dict[Scale, list[dict[str, Any]]] = runtime.built[key][1]["desired"] if key in runtime.built else {}
+    if scale not in cache:
+        cache[scale] = desired_children(job, scale)
+    return cache[scale]
 
 
 _STATUS_KEYS = {f.alias or n for n, f in t.MTPTrainingJobStatus.model_fields.items()}

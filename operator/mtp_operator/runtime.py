@@ -24,10 +24,14 @@ class Runtime:
     written: dict[JobKey, dict[ChildKey, str]] = field(default_factory=lambda: defaultdict(dict))
     status_written: dict[JobKey, dict[str, Any]] = field(default_factory=dict)
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    # The typed job and its desired children, per (uid, generation): the spec only changes with the
+    # generation, so idle reconciles skip parsing and building.
+    built: dict[JobKey, tuple[tuple[str, int], Any]] = field(default_factory=dict)
 
     def forget(self, key: JobKey) -> None:
         """A job is gone: drop everything kept for it."""
         self.written.pop(key, None)
         self.status_written.pop(key, None)
         self.locks.pop(key, None)
+        self.built.pop(key, None)
         self.metrics.drop(*key)

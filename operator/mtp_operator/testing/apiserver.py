@@ -240,7 +240,7 @@ class TestApiServer(kmock.KubernetesScaffold):
             kmock.action.DELETE: self._serve_delete,
             kmock.method.PUT: self._serve_put,
         }
-        self._routes = {key: kmock.Response(payload=fn) for key, fn in handlers.items()}
+        self._routes = {key: kmock.Response(payload=fn) for key, fn in handlers.items()}  # type: ignore[arg-type]
 
     async def _handle(self, request: kmock.Request) -> Any:
         """Resource requests go straight to the store; discovery and anything else through kmock's DSL.
