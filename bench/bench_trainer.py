@@ -6,7 +6,7 @@ For each model size it times full optimizer steps (forward, backward, AdamW) of 
 code (``mtp_modes.forward`` on a Megatron GPTModel, CPU, float32) in four configurations:
 no MTP (a model built with ``mtpNumLayers: 0``), and one MTP layer in ``disabled``, ``standalone``
 and ``joint`` mode. The reported figure is the median step time over ``--steps`` steps after
-``--warmup``, and its ratio to no-MTP. The expected ratio counts matmul FLOPs per token: one MTP
+``--warmup`` (steps interleaved across the configurations), and its ratio to no-MTP. The expected ratio counts matmul FLOPs per token: one MTP
 depth adds one transformer layer, the ``eh_proj`` (2H -> H) and one more output-head pass.
 Not a test: the numbers depend on the machine and its load.
 """
@@ -58,38 +58,45 @@ def expected_ratio(m: ModelConfig, s: int, depth: int = 1) -> float:
     return (trunk + depth * mtp) / trunk
 
 
-def time_steps(cfg: TrainerConfig, batch: mtp_modes.Batch, steps: int, warmup: int) -> float:
-    torch.manual_seed(0)
-    model = ModelProvider(cfg.model).provide()
-    mtp_modes.prepare(model, cfg.mtp.mode)
-    opt = build_optimizer(model, cfg)
-    times = []
-    for i in range(warmup + steps):
+class Runner:
+    """One model + optimizer in one configuration; ``step()`` times one full optimizer step."""
+
+    def __init__(self, cfg: TrainerConfig, batch: mtp_modes.Batch) -> None:
+        torch.manual_seed(0)
+        self.cfg, self.batch = cfg, batch
+        self.model = ModelProvider(cfg.model).provide()
+        mtp_modes.prepare(self.model, cfg.mtp.mode)
+        self.opt = build_optimizer(self.model, cfg)
+        self.times: list[float] = []
+
+    def step(self, record: bool) -> None:
+        mode = self.cfg.mtp.mode
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        out = mtp_modes.forward(model, batch, cfg.mtp.mode, cfg.mtp.loss_scaling_factor)
+        self.opt.zero_grad(set_to_none=True)
+        out = mtp_modes.forward(self.model, self.batch, mode, self.cfg.mtp.loss_scaling_factor)
         out.loss.backward()
-        for group in mtp_modes.clip_groups(model, cfg.mtp.mode):
+        for group in mtp_modes.clip_groups(self.model, mode):
             torch.nn.utils.clip_grad_norm_([p for p in group if p.grad is not None], 1.0)
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        self.opt.step()
+        if record:
+            self.times.append(time.perf_counter() - t0)
 
 
 def bench(size: str, steps: int, warmup: int) -> list[tuple[str, float, float]]:
+    """Steps are interleaved round-robin across the four configurations, so background load on a
+    shared machine hits all of them alike; the figure is the median per configuration."""
     m, b, s = SIZES[size]
     g = torch.Generator().manual_seed(0)
     batch = causal_batch(torch.randint(0, m.vocab_size, (b, s + 1), generator=g), torch.ones(b, s))
     base = TrainerConfig(model=m, optim=OptimConfig(learning_rate=1e-4))
-    rows = []
-    no_mtp = time_steps(replace(base, model=replace(m, mtp_num_layers=0), mtp=replace(base.mtp, mode="disabled")),
-                        batch, steps, warmup)
-    rows.append(("no MTP", no_mtp, 1.0))
+    runners = {"no MTP": Runner(replace(base, model=replace(m, mtp_num_layers=0), mtp=replace(base.mtp, mode="disabled")), batch)}
     for mode in (mtp_modes.DISABLED, mtp_modes.STANDALONE, mtp_modes.JOINT):
-        t = time_steps(replace(base, mtp=replace(base.mtp, mode=mode)), batch, steps, warmup)
-        rows.append((mode, t, t / no_mtp))
-    return rows
+        runners[mode] = Runner(replace(base, mtp=replace(base.mtp, mode=mode)), batch)
+    for i in range(warmup + steps):
+        for r in runners.values():
+            r.step(record=i >= warmup)
+    med = {k: statistics.median(r.times) for k, r in runners.items()}
+    return [(k, t, t / med["no MTP"]) for k, t in med.items()]
 
 
 def main() -> None:

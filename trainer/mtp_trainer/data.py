@@ -47,7 +47,7 @@ def pydoc_examples(max_chars: int = 400) -> list[list[Message]]:
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", topics[name]) if p.strip()]
         chunk, part = "", 1
         for para in paragraphs:
-            if chunk and len(chunk) + len(para) > max_chars:
+            if chunk and len(chunk) + 2 + len(para) > max_chars:
                 out.append(_qa(name, part, chunk))
                 chunk, part = "", part + 1
             chunk = f"{chunk}\n\n{para}" if chunk else para[:max_chars]
