@@ -117,9 +117,11 @@ def run_one(n: int) -> Result:
     timings.install()
     try:
         with ServerThread() as server:
-            for i in range(n):
-                body = job_body(i)
-                server.call(lambda b=body: server.server.put_object(t.PLURAL, b))
+            async def store_jobs() -> None:
+                for i in range(n):
+                    await server.server.put_object(t.PLURAL, job_body(i))
+
+            server.call(store_jobs)
             rss_server = rss_mib()
             config = OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=RESYNC_SECONDS)
             start_counts = server.call(server.server.counters.snapshot)

@@ -160,14 +160,14 @@ def test_child_deleted_by_hand_is_recreated(backend: Backend, job: dict[str, Any
             old = backend.get(plural, name)
             assert old is not None
             backend.delete(plural, name)
-            new = wait_for(
-                lambda p=plural, n=name, o=old: (
-                    (c := backend.get(p, n)) and c["metadata"]["uid"] != o["metadata"]["uid"] and c
-                )
-            )
-            assert (
-                new["spec" if plural != "configmaps" else "data"] == old["spec" if plural != "configmaps" else "data"]
-            )
+
+            def replaced(p: str = plural, n: str = name, uid: str = old["metadata"]["uid"]) -> dict[str, Any] | None:
+                c = backend.get(p, n)
+                return c if c is not None and c["metadata"]["uid"] != uid else None
+
+            new = wait_for(replaced)
+            body = "data" if plural == "configmaps" else "spec"
+            assert new[body] == old[body]
 
 
 def test_deleted_job_leaves_nothing_behind(backend: Backend, job: dict[str, Any]) -> None:

@@ -83,7 +83,7 @@ def test_verdicts(
     start = compute_status(j, None, obs, m, T0, generation=1)  # the first reconcile sets startTime
     st = compute_status(j, start, obs, m, T0 + datetime.timedelta(seconds=dt), generation=1)
     assert st.state == state
-    assert {c.type: c.reason for c in st.conditions}[cond[0]] == cond[1]
+    assert {str(c.type): c.reason for c in st.conditions}[cond[0]] == cond[1]
     assert st.observed_generation == 1
     assert (st.completion_time is not None) == (state in ("Succeeded", "Failed"))
 
@@ -97,7 +97,7 @@ def test_unchanged_inputs_give_an_identical_status() -> None:
 def test_transition_time_moves_only_on_change() -> None:
     a = compute_status(job(), None, children(0, 0), JobMetrics(), T0, generation=1)
     b = compute_status(job(), a, children(1, 1), JobMetrics(), T0 + datetime.timedelta(minutes=5), generation=1)
-    times = {c.type: c.last_transition_time for c in b.conditions}
+    times = {str(c.type): c.last_transition_time for c in b.conditions}
     assert times["Created"] == "2026-01-01T00:00:00Z" and times["Running"] == "2026-01-01T00:05:00Z"
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import kmock
 import kopf
@@ -22,8 +22,6 @@ from mtp_operator.main import run_operator
 from mtp_operator.runtime import Runtime
 from mtp_operator.settings import OperatorConfig
 from mtp_operator.testing.apiserver import TestApiServer
-
-T = TypeVar("T")
 
 
 class ServerThread:
@@ -59,14 +57,14 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 
-    def call(self, fn: Callable[[], T | Coroutine[Any, Any, T]]) -> T:
+    def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` (sync or async) in the server's loop and return its result."""
 
-        async def wrapper() -> T:
+        async def wrapper() -> Any:
             result = fn()
             if asyncio.iscoroutine(result):
-                return await result  # type: ignore[no-any-return]
-            return result  # type: ignore[return-value]
+                return await result
+            return result
 
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(300)
 
@@ -127,7 +125,7 @@ class OperatorThread:
             raise RuntimeError("operator did not stop")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.02) -> T:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
     """Poll until ``predicate()`` is truthy; the timeout only bounds a hang, it is not a measurement."""
     deadline = time.monotonic() + timeout
     while True:
