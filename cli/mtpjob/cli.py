@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("cmd_validate", "check manifests as `kubectl apply` would, plus the checks CEL cannot express"),
     "crd": ("cmd_crd", "print the generated CustomResourceDefinition"),
+    "bench-rollout": ("cmd_bench_rollout", "measure MTP speculative decoding against plain decoding on one model"),
+    "run": ("cmd_run", "run an MTPTrainingJob on this machine: train, serve with MTP speculation, measure"),
     "render": ("cmd_render", "print the Kubernetes objects the operator creates for a job, as YAML"),
     "import-roll": ("cmd_import_roll", "convert a ROLL pipeline YAML into an MTPTrainingJob"),
 }

@@ -47,7 +47,9 @@ def _query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
     return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).range()
 
 
-def _series(title: str, description: str, queries: list[prometheus.Dataquery], unit: str = "short", **limits: float) -> timeseries.Panel:
+def _series(
+    title: str, description: str, queries: list[prometheus.Dataquery], unit: str = "short", **limits: float
+) -> timeseries.Panel:
     panel = timeseries.Panel().title(title).description(description).datasource(DS).unit(unit).height(8).span(12)
     if "min" in limits:
         panel = panel.min(limits["min"])
@@ -104,7 +106,10 @@ def build() -> dict[str, Any]:
         _series(
             "Mean acceptance length",
             "Tokens emitted per target forward: 1 + accepted / drafts (the 1 is the bonus token). At most k + 1.",
-            [_query(f"{mn.MEAN_ACCEPTANCE_LENGTH}{{{SEL}}}", job), _query(f"{mn.NUM_SPECULATIVE_TOKENS}{{{SEL}}} + 1", job + " k+1 (ceiling)", "B")],
+            [
+                _query(f"{mn.MEAN_ACCEPTANCE_LENGTH}{{{SEL}}}", job),
+                _query(f"{mn.NUM_SPECULATIVE_TOKENS}{{{SEL}}} + 1", job + " k+1 (ceiling)", "B"),
+            ],
             min=1,
         )
     )
@@ -156,7 +161,10 @@ def build() -> dict[str, Any]:
         _series(
             "Acceptance rate (rules)",
             "mtp:spec_decode_acceptance_rate:rate5m: the same definition as the collector, computed by Prometheus.",
-            [_query(f"{mn.RULE_ACCEPTANCE_RATE}{{{RULE_SEL}}}", rule_job), _query(f"{mn.RULE_MEAN_ACCEPTANCE_LENGTH}{{{RULE_SEL}}} - 1", rule_job + " length - 1", "B")],
+            [
+                _query(f"{mn.RULE_ACCEPTANCE_RATE}{{{RULE_SEL}}}", rule_job),
+                _query(f"{mn.RULE_MEAN_ACCEPTANCE_LENGTH}{{{RULE_SEL}}} - 1", rule_job + " length - 1", "B"),
+            ],
             unit="short",
             min=0,
         )
@@ -186,7 +194,11 @@ def build() -> dict[str, Any]:
     )
     d = d.with_row(db.Row("Trainer"))
     d = d.with_panel(
-        _series("LM loss", "Next-token cross-entropy, train and validation.", [_query(f"{TRAINER_LM_LOSS}{{{SEL}}}", job + " {{split}}")])
+        _series(
+            "LM loss",
+            "Next-token cross-entropy, train and validation.",
+            [_query(f"{TRAINER_LM_LOSS}{{{SEL}}}", job + " {{split}}")],
+        )
     )
     d = d.with_panel(
         _series(
@@ -209,7 +221,10 @@ def build() -> dict[str, Any]:
         _series(
             "Training progress",
             "Optimizer step and training tokens per second.",
-            [_query(f"{TRAINER_STEP}{{{SEL}}}", job + " step"), _query(f"{TRAINER_TOKENS_PER_SECOND}{{{SEL}}}", job + " tok/s", "B")],
+            [
+                _query(f"{TRAINER_STEP}{{{SEL}}}", job + " step"),
+                _query(f"{TRAINER_TOKENS_PER_SECOND}{{{SEL}}}", job + " tok/s", "B"),
+            ],
         )
     )
     d = d.with_row(db.Row("Jobs"))

@@ -1,0 +1,62 @@
+"""`mtpjob bench-rollout FILE --model DIR`: MTP speculative decoding against plain decoding.
+
+Runs the prompt set on the job's own server settings with and without speculation, for each k,
+and prints throughput ratio, acceptance figures and whether greedy outputs are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="MTPTrainingJob YAML (server settings come from spec.rollout)")
+    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory with MTP weights")
+    parser.add_argument(
+        "--k", default=None, help="comma-separated draft lengths (default: the job's numSpeculativeTokens)"
+    )
+    parser.add_argument("--prompts", type=int, default=16, help="number of prompts (pydoc questions)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per prompt")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
+    parser.add_argument("--output-dir", type=Path, default=None, help="logs and bench.json (default runs/<job>/bench)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from mtp_api.validation import ManifestError, load_job
+    from mtp_rollout.bench import result_table, run_bench
+    from mtp_rollout.checkpoint_check import CheckpointError, check_mtp_checkpoint
+    from mtp_rollout.prompts import pydoc_prompts
+    from mtp_rollout.server import ServerError
+
+    console = Console()
+    try:
+        job = load_job(args.file)
+        check_mtp_checkpoint(args.model)
+    except (ManifestError, CheckpointError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    spec_k = job.spec.rollout.speculative.num_speculative_tokens if job.spec.rollout else 1
+    ks = [int(x) for x in args.k.split(",")] if args.k else [spec_k]
+    out = args.output_dir or Path("runs") / job.metadata.name / "bench"
+    try:
+        result = run_bench(
+            job,
+            str(Path(args.model).resolve()),
+            ks,
+            pydoc_prompts(args.prompts),
+            max_tokens=args.max_tokens,
+            workdir=out,
+            concurrency=args.concurrency,
+            on_progress=lambda msg: console.log(msg),
+        )
+    except ServerError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    (out / "bench.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    console.print(result_table(result))
+    console.print(f"written: {out / 'bench.json'}")
+    return 0 if all(result.outputs_equal(r) for r in result.speculative) else 1
