@@ -48,7 +48,12 @@ def _server(tmp_path_factory: pytest.TempPathFactory, model: Path, speculative: 
     plan = server_plan(job_with_k(K), str(model), host="127.0.0.1", port=port, speculative=speculative)
     log = tmp_path_factory.mktemp("vllm") / f"vllm-{'spec' if speculative else 'plain'}.log"
     with running(plan, log, port=port) as server:
+        pgid = server.proc.pid
         yield server
+    # Stopping the server must take its engine and workers with it.
+    from tests.e2e.procs import members
+
+    assert members(pgid) == [], f"vLLM processes left behind in group {pgid}"
 
 
 @pytest.fixture(scope="session")
