@@ -476,6 +476,12 @@ class MTPTrainingJobSpec(ApiModel):
                 ".model.mtpNumLayers",
             ),
             (
+                "self.pipeline != 'sft' || !has(self.rollout) || has(self.trainer.volumes.checkpoints)",
+                "an sft job with a rollout serves the trainer's export, which both reach through "
+                "trainer.volumes.checkpoints (a ReadWriteMany claim); add it or remove spec.rollout",
+                ".trainer.volumes",
+            ),
+            (
                 "self.pipeline == oldSelf.pipeline",
                 "pipeline is immutable; create a new job instead",
                 ".pipeline",

@@ -94,6 +94,7 @@ BAD: list[tuple[str, Mutation, str, str]] = [
     ("tiny-heads-not-dividing", _set("spec.model.source.tiny.numKeyValueHeads", 3),
      "spec.model.source.tiny.numKeyValueHeads", "multiple"),
     ("learning-rate-zero", _set("spec.trainer.hyperparameters.learningRate", 0), "spec.trainer.hyperparameters.learningRate", "> 0"),
+    ("sft-rollout-without-checkpoint-volume", _del("spec.trainer.volumes"), "spec.trainer.volumes", "ReadWriteMany"),
     ("resources-not-quantity", _set("spec.trainer.resources", {"limits": {"cpu": [1]}}),
      "spec.trainer.resources.limits.cpu", "integer or string"),
 ]  # fmt: skip
