@@ -384,6 +384,8 @@ def run_local(job: t.MTPTrainingJob, opts: RunOptions, console: Console | None =
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C must still stop the run.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         runner.execute()
         return 0
@@ -396,3 +398,4 @@ def run_local(job: t.MTPTrainingJob, opts: RunOptions, console: Console | None =
     finally:
         runner.children.kill_all()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
