@@ -25,6 +25,7 @@ from mtp_operator.metrics_store import JobKey
 from mtp_operator.observed import ChildState, PodState, observed_from, summarize_child, summarize_pod
 from mtp_operator.reconcile import reconcile
 from mtp_operator.runtime import Runtime
+from mtp_operator.scraping import JobScraper
 from mtp_operator.settings import OperatorConfig
 
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
@@ -59,8 +60,9 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     return settings
 
 
-def _observed(key: JobKey, indexes: Iterable[Mapping[JobKey, Iterable[ChildState]]],
-              pods: Mapping[JobKey, Iterable[PodState]]) -> Any:
+def _observed(
+    key: JobKey, indexes: Iterable[Mapping[JobKey, Iterable[ChildState]]], pods: Mapping[JobKey, Iterable[PodState]]
+) -> Any:
     children = [c for idx in indexes if key in idx for c in idx[key]]
     return observed_from(children, pods[key] if key in pods else [])
 
@@ -73,8 +75,9 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     jobs = (t.GROUP, t.VERSION, t.PLURAL)
 
     @kopf.on.startup(id="startup", registry=registry)
-    async def startup(memo: Any, settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
-                      **_: Any) -> None:
+    async def startup(
+        memo: Any, settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    ) -> None:
         memo.runtime = Runtime(config=config, kopf_settings=settings)
         metrics.serve(config.metrics_port)
         logger.info(f"mtp-operator started: {config.model_dump()}")
@@ -83,6 +86,7 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         def index(meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> dict[JobKey, ChildState] | None:
             key = _job_key(meta)
             return {key: summarize_child(kind, body)} if key else None
+
         return index
 
     child_indexes = []
@@ -115,9 +119,28 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if outcome.actions:
             kwargs["logger"].info(f"reconciled ({trigger}): {', '.join(outcome.actions)}")
 
+    if config.scrape_seconds > 0:
+
+        @kopf.daemon(*jobs, id="scrape", cancellation_timeout=5.0, registry=registry)
+        async def scrape(stopped: Any, meta: Mapping[str, Any], **kwargs: Any) -> None:
+            """Scrape the job's pods into the metrics store until the job goes; see scraping.py."""
+            key = (meta.get("namespace", ""), meta.get("name", ""))
+            runtime: Runtime = kwargs["memo"].runtime
+            scraper = JobScraper(key, config, runtime.metrics, metrics.ACCEPTANCE)
+            try:
+                while not stopped:
+                    job = runtime.job(key)
+                    pods = kwargs["idx_pods"][key] if key in kwargs["idx_pods"] else []
+                    if job is not None:
+                        await scraper.round(job, pods)
+                    await stopped.wait(config.scrape_seconds)
+            finally:
+                scraper.close()
+
     @kopf.on.event(*jobs, id="job_event", registry=registry)
-    async def job_event(event: Mapping[str, Any], body: Mapping[str, Any], meta: Mapping[str, Any],
-                        **kwargs: Any) -> None:
+    async def job_event(
+        event: Mapping[str, Any], body: Mapping[str, Any], meta: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if event.get("type") == "DELETED":
             kwargs["memo"].runtime.forget(key)

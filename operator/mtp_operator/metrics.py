@@ -10,8 +10,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from mtp_api import types as t
+from mtp_rollout.exporter import AcceptanceExporter
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Windowed MTP acceptance per job (``mtp_rollout:*`` gauges), filled by the per-job scrape daemons.
+ACCEPTANCE = AcceptanceExporter(REGISTRY)
 
 RECONCILES = Counter(
     "mtp_operator_reconcile", "Reconciles run, by what triggered them.", ["trigger"], registry=REGISTRY

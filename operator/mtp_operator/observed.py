@@ -32,6 +32,7 @@ class PodState:
     ready: bool
     restarts: int
     failed: bool
+    ip: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def summarize_pod(body: Mapping[str, Any]) -> PodState:
         ready=ready,
         restarts=sum(int(c.get("restartCount") or 0) for c in statuses),
         failed=status.get("phase") == "Failed",
+        ip=str(status.get("podIP") or ""),
     )
 
 

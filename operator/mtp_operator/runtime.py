@@ -28,6 +28,11 @@ class Runtime:
     # generation, so idle reconciles skip parsing and building.
     built: dict[JobKey, tuple[tuple[str, int], Any]] = field(default_factory=dict)
 
+    def job(self, key: JobKey) -> Any:
+        """The typed job last reconciled for ``key`` (None before its first reconcile or if invalid)."""
+        cached = self.built.get(key)
+        return cached[1]["job"] if cached is not None else None
+
     def forget(self, key: JobKey) -> None:
         """A job is gone: drop everything kept for it."""
         self.written.pop(key, None)

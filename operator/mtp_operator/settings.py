@@ -29,6 +29,16 @@ class OperatorConfig(BaseModel):
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Prometheus /metrics; 0 disables.")
     health_port: int = Field(default=8081, ge=0, le=65535, description="Kopf liveness /healthz; 0 disables.")
     resync_seconds: float = Field(default=60.0, gt=0, description="Level-based resync of every job.")
+    scrape_seconds: float = Field(
+        default=15.0, ge=0, description="How often each job's rollout and trainer pods are scraped; 0 disables."
+    )
+    scrape_timeout_seconds: float = Field(default=2.0, gt=0, description="Bound on one pod's /metrics answer.")
+    acceptance_window_seconds: float = Field(
+        default=120.0, gt=0, description="Window of the acceptance rates (deltas of vLLM's counters)."
+    )
+    status_min_interval_seconds: float = Field(
+        default=60.0, ge=0, description="Acceptance in status changes at most this often (no status churn)."
+    )
     log_level: str = Field(default="INFO")
 
     @classmethod

@@ -31,4 +31,6 @@ def test_render_explains_what_cannot_be_built(tmp_path: Path, capsys: pytest.Cap
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(body))
     assert main(["render", str(path)]) == 1
-    assert "spec.trainer.volumes.checkpoints" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # the CRD's CEL rule (evaluated by `render` like `validate`) names the field and the fix
+    assert "spec.trainer.volumes: an sft job with a rollout" in err and "ReadWriteMany" in err

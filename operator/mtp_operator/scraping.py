@@ -1,0 +1,140 @@
+"""Scrape one job's rollout and trainer pods into the metrics store and the operator's gauges.
+
+A per-job Kopf daemon (``handlers.py``) calls ``JobScraper.round`` every ``scrape_seconds``:
+
+- the rollout half runs ``mtp_rollout.collector.Collector`` over the job's ready rollout pods
+  (windowed, reset-aware acceptance figures; every pod failure is bounded by a timeout and costs
+  one log line) and publishes the figures through ``AcceptanceExporter`` on the operator's own
+  ``/metrics``, labelled by namespace and job;
+- the trainer half reads rank 0's ``mtp_trainer_*`` gauges (step, train lm loss, train MTP loss).
+
+Nothing here writes status. What goes into ``LatestMetrics`` is the rounded summary of
+``mtp_rollout.status``, and only when ``StatusWritePolicy`` says it is worth a write, so the next
+reconcile patches status at most once per ``status_min_interval_seconds`` for acceptance noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from mtp_api import types as t
+from mtp_operator import names
+from mtp_operator.metrics_store import JobKey, LatestMetrics
+from mtp_operator.observed import PodState
+from mtp_operator.settings import OperatorConfig
+from mtp_rollout.collector import Collector, Target, fetch_text
+from mtp_rollout.exporter import AcceptanceExporter
+from mtp_rollout.exposition import parse
+from mtp_rollout.status import StatusWritePolicy, rollout_status
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[str, float], Awaitable[str]]
+
+
+def rollout_targets(job: t.MTPTrainingJob, pods: Iterable[PodState]) -> list[Target]:
+    """The ready rollout pods with an IP; vLLM serves ``/metrics`` on its API port."""
+    if job.spec.rollout is None:
+        return []
+    port = job.spec.rollout.port
+    ns = job.metadata.namespace or ""
+    return [
+        Target(ns, job.metadata.name, p.name, f"http://{p.ip}:{port}/metrics")
+        for p in pods
+        if p.component == names.COMPONENT_ROLLOUT and p.ready and p.ip
+    ]
+
+
+def trainer_url(job: t.MTPTrainingJob, pods: Iterable[PodState]) -> str | None:
+    """Rank 0 reports for the whole job: pod ``<job>-trainer-0``."""
+    rank0 = f"{names.trainer(job)}-0"
+    for p in pods:
+        if p.name == rank0 and p.ip:
+            return f"http://{p.ip}:{job.spec.trainer.metrics_port}/metrics"
+    return None
+
+
+def trainer_status(text: str) -> t.TrainerStatus | None:
+    """Step, train lm loss and the mean train MTP loss over depths from the trainer's exposition.
+
+    Garbage lines are skipped by the parser; a body without ``mtp_trainer_step`` gives None."""
+    step: float | None = None
+    lm: float | None = None
+    mtp: list[float] = []
+    for s in parse(text).samples:
+        if not math.isfinite(s.value):
+            continue
+        if s.name == "mtp_trainer_step":
+            step = s.value
+        elif s.name == "mtp_trainer_lm_loss" and s.label("split") in (None, "train"):
+            lm = s.value
+        elif s.name == "mtp_trainer_mtp_loss" and s.label("split") in (None, "train"):
+            mtp.append(s.value)
+    if step is None or step < 0:
+        return None
+    return t.TrainerStatus(step=int(step), lm_loss=lm, mtp_loss=sum(mtp) / len(mtp) if mtp else None)
+
+
+class JobScraper:
+    """The scraping state of one job: its acceptance window and what was last put in the store."""
+
+    def __init__(
+        self,
+        key: JobKey,
+        config: OperatorConfig,
+        store: LatestMetrics,
+        exporter: AcceptanceExporter,
+        *,
+        fetch: Fetch = fetch_text,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.key = key
+        self._config = config
+        self._store = store
+        self._exporter = exporter
+        self._fetch = fetch
+        self._clock = clock
+        self._collector = Collector(
+            window_s=config.acceptance_window_seconds, timeout_s=config.scrape_timeout_seconds, fetch=fetch, clock=clock
+        )
+        self._policy = StatusWritePolicy(min_interval_s=config.status_min_interval_seconds)
+        self._last: t.RolloutStatus | None = None
+        self._last_at: float | None = None
+
+    async def round(self, job: t.MTPTrainingJob, pods: Iterable[PodState]) -> None:
+        """One scrape of every pod of the job; never raises for a pod's failure."""
+        pods = list(pods)
+        namespace, name = self.key
+        targets = rollout_targets(job, pods)
+        if targets or self._collector.jobs():
+            report = await self._collector.scrape(targets)
+            figures = self._collector.figures(namespace, name)
+            self._exporter.publish(namespace, name, figures, report)
+            new = rollout_status(figures, ready_replicas=len(targets))
+            now = self._clock()
+            if self._policy.should_write(self._last, self._last_at, new, now):
+                self._store.put_rollout(namespace, name, new)
+                self._last, self._last_at = new, now
+        url = trainer_url(job, pods)
+        if url is not None:
+            await self._scrape_trainer(url)
+
+    async def _scrape_trainer(self, url: str) -> None:
+        try:
+            text = await self._fetch(url, self._config.scrape_timeout_seconds)
+        except Exception as exc:  # noqa: BLE001 - a failing trainer pod costs one log line
+            log.warning("scrape of trainer %s/%s at %s failed: %s", *self.key, url, str(exc) or type(exc).__name__)
+            return
+        status = trainer_status(text)
+        if status is None:
+            log.warning("scrape of trainer %s/%s at %s: no mtp_trainer_step series", *self.key, url)
+            return
+        self._store.put_trainer(*self.key, status)
+
+    def close(self) -> None:
+        """The job is gone or the operator stops: remove its gauge series."""
+        self._exporter.forget(*self.key)
+        self._collector.forget(*self.key)
