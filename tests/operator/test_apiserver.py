@@ -137,7 +137,9 @@ def test_owner_reference_garbage_collection_and_finalizers() -> None:
         ref = {"apiVersion": "mtp.io/v1alpha1", "kind": "MTPTrainingJob", "name": "j", "uid": job["metadata"]["uid"]}
         await _json(await s.post(url + CMS, json={"metadata": {"name": "child", "ownerReferences": [ref]}}))
         await _json(await s.delete(url + JOBS + "/j"))
-        assert (srv.get_object("mtptrainingjobs", "ns", "j") or {})["metadata"]["deletionTimestamp"]  # held by the finalizer
+        assert (srv.get_object("mtptrainingjobs", "ns", "j") or {})["metadata"][
+            "deletionTimestamp"
+        ]  # held by the finalizer
         assert srv.get_object("configmaps", "ns", "child") is not None
         await _json(await s.patch(url + JOBS + "/j", json={"metadata": {"finalizers": None}}, headers=MERGE))
         assert srv.get_object("mtptrainingjobs", "ns", "j") is None

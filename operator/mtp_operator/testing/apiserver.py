@@ -385,7 +385,9 @@ class TestApiServer(kmock.KubernetesScaffold):
             meta["deletionTimestamp"] = old["metadata"]["deletionTimestamp"]
             if set(meta.get("finalizers") or []) - set(old["metadata"].get("finalizers") or []):
                 raise kmock.KubernetesError(
-                    status=422, reason="Forbidden", message="no new finalizers can be added if the object is being deleted"
+                    status=422,
+                    reason="Forbidden",
+                    message="no new finalizers can be added if the object is being deleted",
                 )
         if new == old:
             return old  # a no-op write: no new resourceVersion, no watch event, like the real server

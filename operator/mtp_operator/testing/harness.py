@@ -96,8 +96,16 @@ class OperatorThread:
 
     def _run(self) -> None:
         try:
-            asyncio.run(run_operator(self.config, registry=self.registry, ready_flag=self._ready,
-                                     stop_flag=self._stop, memo=self.memo, settings=self.settings))
+            asyncio.run(
+                run_operator(
+                    self.config,
+                    registry=self.registry,
+                    ready_flag=self._ready,
+                    stop_flag=self._stop,
+                    memo=self.memo,
+                    settings=self.settings,
+                )
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by __enter__; a thread cannot raise into the test
             self.error = exc
             self._ready.set()
