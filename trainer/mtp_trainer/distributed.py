@@ -39,20 +39,20 @@ def _free_port() -> int:
 def init(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, seed: int = 1234) -> DistInfo:
     """Initialise the process group (once) and Megatron's model-parallel groups."""
     cpu_compat.apply()
-    if "RANK" not in os.environ:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
-    rank = int(os.environ["RANK"])
-    world = int(os.environ["WORLD_SIZE"])
+    launched = "RANK" in os.environ
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    # A lone process gets a private loopback rendezvous; the environment is left untouched so that
+    # child processes (tests, tools) do not inherit a port that is already taken.
+    init_method = "env://" if launched else f"tcp://127.0.0.1:{_free_port()}"
     if cpu_compat.on_cpu():
         device, backend = torch.device("cpu"), "gloo"
     else:
         torch.cuda.set_device(local)
         device, backend = torch.device("cuda", local), "nccl"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world)
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(tensor_parallel_size, pipeline_parallel_size)
     cpu_compat.seed_model_parallel_rng(seed)
