@@ -51,9 +51,9 @@ def _server(tmp_path_factory: pytest.TempPathFactory, model: Path, speculative: 
         pgid = server.proc.pid
         yield server
     # Stopping the server must take its engine and workers with it.
-    from tests.e2e.procs import members
+    from tests.e2e.procs import wait_gone
 
-    assert members(pgid) == [], f"vLLM processes left behind in group {pgid}"
+    assert wait_gone(pgid) == [], f"vLLM processes left behind in group {pgid}"
 
 
 @pytest.fixture(scope="session")

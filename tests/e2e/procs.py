@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 
@@ -16,3 +17,11 @@ def members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             out.append(int(stat.parent.name))
     return out
+
+
+def wait_gone(pgid: int, timeout_s: float = 15.0) -> list[int]:
+    """Members of the group still alive after up to ``timeout_s`` (SIGKILLed processes take a moment to go)."""
+    deadline = time.monotonic() + timeout_s
+    while (alive := members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive

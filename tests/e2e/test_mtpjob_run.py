@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import EXAMPLE, ROOT, needs_vllm
-from tests.e2e.procs import members
+from tests.e2e.procs import wait_gone
 
 pytestmark = [pytest.mark.slow, needs_vllm]
 
@@ -73,4 +73,4 @@ def test_ctrl_c_leaves_no_children(tmp_path):
     assert proc.returncode == 130, stdout.decode()[-2000:]
     assert b"interrupted" in stdout
     for name, pgid in groups.items():
-        assert members(pgid) == [], f"{name} (group {pgid}) outlived the run"
+        assert wait_gone(pgid) == [], f"{name} (group {pgid}) outlived the run"
