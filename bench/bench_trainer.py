@@ -38,7 +38,7 @@ SIZES = {
     "60m": (
         ModelConfig(hidden_size=512, num_layers=8, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
                     ffn_hidden_size=1536, vocab_size=32000),
-        4, 256,
+        2, 256,
     ),
 }
 
