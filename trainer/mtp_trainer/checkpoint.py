@@ -108,7 +108,7 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) 
             f"{model_file} is missing: the checkpoint was written with a different tensorParallelSize; "
             "resume with the same parallel layout or start with --fresh"
         )
-    model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True), strict=False)
+    model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True), strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(path / f"optim_tp{tp_rank}.pt", map_location="cpu", weights_only=False))
     rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
