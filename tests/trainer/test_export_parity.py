@@ -114,18 +114,28 @@ def test_transformers_trunk_logits_match(trained, sft_run: Path) -> None:
         torch.testing.assert_close(got, ref, atol=HF_LOGIT_ATOL, rtol=0)
 
 
-def test_qwen3_5_flavour_matches_in_transformers(trained, tmp_path: Path) -> None:
-    """The GPU flavour (Qwen3_5ForCausalLM, dense MLPs) carries the same function."""
+@pytest.mark.parametrize(
+    ("family", "arch", "key", "value"),
+    [
+        ("qwen3_5", "Qwen3_5ForCausalLM", "mtp_num_hidden_layers", 1),  # the GPU flavour, dense
+        ("qwen3_next_one_expert", "Qwen3NextForCausalLM", "num_experts", 1),  # for stock vLLM
+    ],
+)
+def test_other_flavours_match_in_transformers(trained, tmp_path: Path, family: str, arch: str, key: str, value: int) -> None:
+    """The other export flavours carry the same function, and import back to the same weights."""
     model, m, tok, prompts = trained
-    out = hf_export.export(model, replace(m, family="qwen3_5"), tok, tmp_path / "hf35")
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["model_type"] == "qwen3_5_text" and cfg["mtp_num_hidden_layers"] == 1
+    out = hf_export.export(model, replace(m, family=family), tok, tmp_path / family)
+    assert json.loads((out / "config.json").read_text())[key] == value
     hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
-    assert type(hf).__name__ == "Qwen3_5ForCausalLM"
+    assert type(hf).__name__ == arch
     ids = prompts[0]
-    torch.testing.assert_close(
-        hf(torch.tensor([ids])).logits[0], megatron_logits(model, ids)[0], atol=HF_LOGIT_ATOL, rtol=0
-    )
+    torch.testing.assert_close(hf(torch.tensor([ids])).logits[0], megatron_logits(model, ids)[0], atol=HF_LOGIT_ATOL, rtol=0)
+    again = build_model(m, seed=98)
+    hf_import.load_into(again, out, m)
+    ref = model.state_dict()
+    for name, t in again.state_dict().items():
+        if "_extra_state" not in name:
+            torch.testing.assert_close(t, ref[name], atol=1e-7, rtol=0, msg=name)
 
 
 def test_import_round_trip(trained, sft_run: Path) -> None:
@@ -138,19 +148,17 @@ def test_import_round_trip(trained, sft_run: Path) -> None:
             torch.testing.assert_close(t, ref[name], atol=1e-7, rtol=0, msg=name)
 
 
-@pytest.fixture(scope="module")
-def vllm_results(trained, sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    _, _, _, prompts = trained
-    pfile = tmp_path_factory.mktemp("vllm") / "prompts.json"
+def _run_vllm_probe(model_dir: Path, prompts: list[list[int]], workdir: Path, plugins: str) -> list[dict]:
+    pfile = workdir / "prompts.json"
     pfile.write_text(json.dumps(prompts))
     venv = Path(sys.executable).resolve().parent.parent
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_PLUGINS": plugins}
     iomp = venv / "lib" / "libiomp5.so"
     if iomp.exists():
         env["LD_PRELOAD"] = str(iomp)
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.trainer.vllm_probe", str(sft_run / "hf"), str(pfile), str(GEN_TOKENS)],
+        [sys.executable, "-m", "tests.trainer.vllm_probe", str(model_dir), str(pfile), str(GEN_TOKENS)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -162,9 +170,30 @@ def vllm_results(trained, sft_run: Path, tmp_path_factory: pytest.TempPathFactor
     return list(json.loads(lines[-1].split(" ", 1)[1]))
 
 
-def test_vllm_trunk_matches(trained, vllm_results: list[dict]) -> None:
+@pytest.fixture(scope="module")
+def vllm_dense(trained, sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The run's own export (dense qwen3_next), served with the rollout's vLLM plugin, as in production."""
+    return _run_vllm_probe(sft_run / "hf", trained[3], tmp_path_factory.mktemp("vllm"), "mtp_dense_qwen3_next")
+
+
+@pytest.fixture(scope="module")
+def vllm_stock(trained, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The one-expert export of the same weights, served by stock vLLM (no plugins at all)."""
+    model, m, tok, prompts = trained
+    work = tmp_path_factory.mktemp("vllm_stock")
+    out = hf_export.export(model, replace(m, family="qwen3_next_one_expert"), tok, work / "hf")
+    assert json.loads((out / "config.json").read_text())["num_experts"] == 1
+    return _run_vllm_probe(out, prompts, work, "")
+
+
+VLLM_FLAVOURS = ["vllm_dense", "vllm_stock"]
+
+
+@pytest.mark.parametrize("flavour", VLLM_FLAVOURS)
+def test_vllm_trunk_matches(trained, flavour: str, request: pytest.FixtureRequest) -> None:
     """Greedy tokens identical; vLLM's logprob of each generated token = Megatron's."""
     model, _, _, prompts = trained
+    vllm_results = request.getfixturevalue(flavour)
     for ids, res in zip(prompts, vllm_results, strict=True):
         assert res["tokens"] == megatron_greedy(model, ids, GEN_TOKENS)
         lm = megatron_logits(model, ids + res["tokens"])[0]
@@ -176,9 +205,11 @@ def test_vllm_trunk_matches(trained, vllm_results: list[dict]) -> None:
         )
 
 
-def test_vllm_mtp_drafter_matches_trainer_mtp_argmax(trained, vllm_results: list[dict]) -> None:
+@pytest.mark.parametrize("flavour", VLLM_FLAVOURS)
+def test_vllm_mtp_drafter_matches_trainer_mtp_argmax(trained, flavour: str, request: pytest.FixtureRequest) -> None:
     """vLLM's draft acceptance per request equals a replay of the trainer's MTP argmax."""
     model, _, _, prompts = trained
+    vllm_results = request.getfixturevalue(flavour)
     total_acc = total_drafts = 0
     for ids, res in zip(prompts, vllm_results, strict=True):
         seq = ids + res["tokens"]

@@ -36,9 +36,19 @@ REGISTRY: dict[str, Family] = {
         name="qwen3_next",
         model_types=("qwen3_next",),
         check=qwen3_next.check,
-        to_hf=lambda sd, m: qwen3_next.to_hf(sd, m, moe=True),
+        to_hf=lambda sd, m: qwen3_next.to_hf(sd, m, moe=False),
         from_hf=qwen3_next.from_hf,
         hf_config=qwen3_next.qwen3_next_config,
+        model_config_from_hf=qwen3_next.model_config_from_hf,
+    ),
+    # Export-only variant for stock vLLM (no plugin): not an API value, never chosen on import.
+    "qwen3_next_one_expert": Family(
+        name="qwen3_next_one_expert",
+        model_types=(),
+        check=qwen3_next.check,
+        to_hf=lambda sd, m: qwen3_next.to_hf(sd, m, moe=True),
+        from_hf=qwen3_next.from_hf,
+        hf_config=lambda m, special: qwen3_next.qwen3_next_config(m, special, one_expert=True),
         model_config_from_hf=qwen3_next.model_config_from_hf,
     ),
     "qwen3_5": Family(

@@ -5,13 +5,18 @@ One tensor mapping, two config.json flavours:
 - ``qwen3_5`` writes ``Qwen3_5ForCausalLM`` (``qwen3_5_text``), dense MLPs, for GPU images. vLLM's
   ``qwen3_5.py`` imports its VL stack, which needs torchvision; there is no CPU torchvision on
   PyPI, so this flavour is checked against transformers only.
-- ``qwen3_next`` writes ``Qwen3NextForCausalLM``, which vLLM's Qwen3.5 is built on and which loads
-  on CPU (drafter: ``qwen3_next_mtp``). vLLM's Qwen3-Next refuses a model without MoE layers
-  (``QwenNextMixtureOfExperts.set_moe_parameters`` raises "No Qwen3Next layer found"), so each dense
-  SwiGLU MLP is written as an *exactly equivalent* one-expert MoE: ``num_experts=1``,
-  ``num_experts_per_tok=1``, ``norm_topk_prob`` (the softmax over one logit is exactly 1.0), the
-  dense weights as ``experts.0``, and a zero shared expert whose contribution is exactly 0
-  (``sigmoid(0) * 0``). Import reverses it and refuses anything that is not of this form.
+- ``qwen3_next`` writes ``Qwen3NextForCausalLM`` with dense MLPs (``num_experts: 0``), which
+  vLLM's Qwen3.5 is built on and which imports on CPU (drafter: ``qwen3_next_mtp``). Stock vLLM
+  0.32 refuses a Qwen3-Next without MoE layers (``QwenNextMixtureOfExperts.set_moe_parameters``
+  raises "No Qwen3Next layer found"); the rollout's vLLM plugin ``mtp_rollout.vllm_compat``
+  (entry point ``vllm.general_plugins``) lifts that, and is installed wherever our vLLM runs.
+- ``qwen3_next_one_expert`` (not an API value; ``hf_export`` can be asked for it) writes the same
+  function in a form *stock* vLLM loads without any plugin: each dense SwiGLU MLP as an exactly
+  equivalent one-expert MoE -- ``num_experts=1``, ``num_experts_per_tok=1``, ``norm_topk_prob``
+  (the softmax over one logit is exactly 1.0), the dense weights as ``experts.0``, and a zero
+  shared expert whose contribution is exactly 0 (``sigmoid(0) * 0``).
+
+Import accepts all three and refuses a real MoE.
 
 Tensor correspondences (Megatron -> HF), per layer ``L`` (MTP layer 0 uses the same layer map):
 
@@ -139,7 +144,7 @@ def _layer_from_hf(hf: dict[str, Tensor], src: str, dst: str, m: ModelConfig) ->
 
 
 def to_hf(sd: dict[str, Tensor], m: ModelConfig, moe: bool) -> dict[str, Tensor]:
-    """Full Megatron state dict -> HF tensors (``moe``: the qwen3_next one-expert form)."""
+    """Full Megatron state dict -> HF tensors (``moe``: the one-expert form, see the module doc)."""
     check(m)
     out: dict[str, Tensor] = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"]}
     for i in range(m.num_layers):
@@ -220,17 +225,17 @@ def _common(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def qwen3_next_config(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
+def qwen3_next_config(m: ModelConfig, special: dict[str, Any], one_expert: bool = False) -> dict[str, Any]:
     cfg = _common(m, special)
     cfg.update(
         architectures=["Qwen3NextForCausalLM"],
         model_type="qwen3_next",
         num_nextn_predict_layers=m.mtp_num_layers,
-        num_experts=1,
+        num_experts=1 if one_expert else 0,
         num_experts_per_tok=1,
         norm_topk_prob=True,
         moe_intermediate_size=m.ffn_hidden_size,
-        shared_expert_intermediate_size=SHARED_EXPERT_SIZE,
+        shared_expert_intermediate_size=SHARED_EXPERT_SIZE if one_expert else 0,
         decoder_sparse_step=1,
         mlp_only_layers=[],
         router_aux_loss_coef=0.0,
