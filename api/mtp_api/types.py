@@ -87,12 +87,17 @@ class ModelFamily(StrEnum):
     the Qwen3-Next design) and one weight mapping; they differ in config.json only. ``qwen3_5``
     exports ``Qwen3_5ForCausalLM`` for GPU images. ``qwen3_next`` exports
     ``Qwen3NextForCausalLM``, which vLLM's Qwen3.5 itself builds on and which loads on CPU
-    without torchvision (see docs/trainer.md).
+    without torchvision (see docs/trainer.md); vLLM serves it dense with our plugin (below).
+    Both carry one MTP layer: Qwen3-Next shares its MTP projection and norms across depths.
     """
 
     QWEN3_5 = "qwen3_5"
     QWEN3_NEXT = "qwen3_next"
     QWEN3_5_MOE = "qwen3_5_moe"
+
+
+# vLLM 0.32 refuses a dense Qwen3-Next; the rollout serves ``qwen3_next`` exports through the
+# ``vllm.general_plugins`` entry point ``mtp_rollout.vllm_compat:apply`` (docs/rollout.md).
 
 
 # Families whose Megatron provider and weight mapping exist in trainer/. The others are accepted
@@ -184,7 +189,7 @@ class HuggingFaceSource(ApiModel):
 class TinySource(ApiModel):
     """A tiny model made in code at start-up (CPU demos and tests); nothing is downloaded."""
 
-    hidden_size: int = Field(default=64, ge=16, le=4096, multiple_of=16)
+    hidden_size: int = Field(default=128, ge=16, le=4096, multiple_of=16)
     num_layers: int = Field(default=2, ge=1, le=64)
     num_attention_heads: int = Field(default=4, ge=1, le=64)
     num_key_value_heads: int = Field(default=2, ge=1, le=64)
@@ -476,9 +481,10 @@ class MTPTrainingJobSpec(ApiModel):
                 ".model.mtpNumLayers",
             ),
             (
-                "self.pipeline != 'sft' || !has(self.rollout) || has(self.trainer.volumes.checkpoints)",
-                "an sft job with a rollout serves the trainer's export, which both reach through "
-                "trainer.volumes.checkpoints (a ReadWriteMany claim); add it or remove spec.rollout",
+                "!has(self.rollout) || (self.pipeline != 'sft' && !has(self.model.source.tiny))"
+                " || has(self.trainer.volumes.checkpoints)",
+                "the rollout of an sft job (or of a tiny model made in code) serves the trainer's export, which "
+                "both reach through trainer.volumes.checkpoints (a ReadWriteMany claim); add it or remove spec.rollout",
                 ".trainer.volumes",
             ),
             (

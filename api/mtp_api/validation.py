@@ -27,6 +27,9 @@ from pydantic import ValidationError
 from mtp_api import crd as crd_gen
 from mtp_api import types as t
 
+# Head sizes vLLM 0.32's CPU attention backend serves (smaller ones start, then fail on the first request).
+VLLM_CPU_HEAD_DIMS = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512})
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -309,7 +312,16 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
                 )
             )
         head_dim = tiny.hidden_size // tiny.num_attention_heads
-        if head_dim % 8 != 0:
+        rollout = spec.rollout
+        if rollout is not None and rollout.gpus_per_replica == 0 and head_dim not in VLLM_CPU_HEAD_DIMS:
+            errors.append(
+                Finding(
+                    "spec.model.source.tiny.hiddenSize",
+                    f"head dim hiddenSize/numAttentionHeads = {head_dim} is not one vLLM's CPU attention serves "
+                    f"(rollout.gpusPerReplica: 0); use one of {', '.join(map(str, sorted(VLLM_CPU_HEAD_DIMS)))}",
+                )
+            )
+        elif head_dim % 8 != 0:
             errors.append(
                 Finding(
                     "spec.model.source.tiny.hiddenSize",
@@ -337,6 +349,15 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
             )
         if spec.rollout.gpus_per_replica > 0 and spec.rollout.gpus_per_replica < spec.rollout.tensor_parallel_size:
             errors.append(Finding("spec.rollout.gpusPerReplica", "must be at least tensorParallelSize"))
+    n_mtp = spec.model.mtp_num_layers or 0
+    if spec.model.family in t.TRAINER_FAMILIES and n_mtp > 1:
+        errors.append(
+            Finding(
+                "spec.model.mtpNumLayers",
+                f"{n_mtp}: {spec.model.family} checkpoints carry one MTP layer (its projection and norms are "
+                "shared across depths); set 1 and draft more tokens with rollout.speculative.numSpeculativeTokens",
+            )
+        )
     if spec.model.family not in t.TRAINER_FAMILIES:
         warnings.append(
             Finding(
