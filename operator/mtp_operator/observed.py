@@ -33,6 +33,12 @@ class PodState:
     restarts: int
     failed: bool
     ip: str = ""
+    # (container, exit code) of each container's latest termination: the current state's when it is
+    # terminated, else lastState's. Containers that never terminated are absent.
+    last_exit_codes: tuple[tuple[str, int], ...] = ()
+
+    def last_exit_code(self, container: str) -> int | None:
+        return dict(self.last_exit_codes).get(container)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,17 @@ class Observed:
 
     def trainer_restarts(self) -> int:
         return sum(p.restarts for p in self.pods if p.component == names.COMPONENT_TRAINER)
+
+    def trainer_pod_with_exit(self, code: int) -> str | None:
+        """The first trainer pod whose trainer container last exited with ``code``."""
+        return next(
+            (
+                p.name
+                for p in self.pods
+                if p.component == names.COMPONENT_TRAINER and p.last_exit_code("trainer") == code
+            ),
+            None,
+        )
 
 
 def summarize_child(kind: str, body: Mapping[str, Any]) -> ChildState:
@@ -61,6 +78,14 @@ def summarize_child(kind: str, body: Mapping[str, Any]) -> ChildState:
     )
 
 
+def _last_exit_code(container_status: Mapping[str, Any]) -> int | None:
+    for key in ("state", "lastState"):
+        terminated = (container_status.get(key) or {}).get("terminated")
+        if terminated and terminated.get("exitCode") is not None:
+            return int(terminated["exitCode"])
+    return None
+
+
 def summarize_pod(body: Mapping[str, Any]) -> PodState:
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
@@ -73,6 +98,9 @@ def summarize_pod(body: Mapping[str, Any]) -> PodState:
         restarts=sum(int(c.get("restartCount") or 0) for c in statuses),
         failed=status.get("phase") == "Failed",
         ip=str(status.get("podIP") or ""),
+        last_exit_codes=tuple(
+            (str(c.get("name", "")), code) for c in statuses if (code := _last_exit_code(c)) is not None
+        ),
     )
 
 

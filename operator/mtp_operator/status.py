@@ -20,6 +20,7 @@ from mtp_operator.observed import Observed
 RATE_DIGITS = 3
 LOSS_DIGITS = 4
 TPS_DIGITS = 1
+BAD_INPUT_EXIT_CODE = 2  # mtp_trainer.main's status for bad input
 
 Status3 = Literal["True", "False", "Unknown"]
 Cond = tuple[t.ConditionType, Status3, str, str]
@@ -74,6 +75,14 @@ def verdict(
     policy = job.spec.run_policy
     if invalid is not None:
         return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.INVALID_SPEC, invalid),))
+    bad_input_pod = observed.trainer_pod_with_exit(BAD_INPUT_EXIT_CODE)
+    if bad_input_pod is not None:  # a restart would fail the same way: stop now, not at backoffLimit
+        ns = f" -n {job.metadata.namespace}" if job.metadata.namespace else ""
+        msg = (
+            f"the trainer exited with status {BAD_INPUT_EXIT_CODE} (bad input); look at the trainer pod's log, "
+            f"which names the field and the fix: kubectl logs{ns} {bad_input_pod} -c trainer --previous"
+        )
+        return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.INVALID_SPEC, msg),))
     restarts = observed.trainer_restarts()
     if restarts > policy.backoff_limit:
         msg = f"trainer pods restarted {restarts} times, more than backoffLimit {policy.backoff_limit}"

@@ -112,16 +112,19 @@ def test_trainer_statefulset(
     assert got["MASTER_PORT"] == "29500"
     assert got["NODE_RANK"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
     cmd = container(sts)["command"]
-    assert cmd[:6] == [
-        "torchrun",
+    out_dir = cmd[cmd.index("--output-dir") + 1]
+    assert cmd[:8] == [
+        "python",
+        "-m",
+        "mtp_trainer.launch",  # torchrun that keeps the trainer's exit status 2
         "--nnodes=$(NNODES)",
         "--nproc-per-node=$(NPROC_PER_NODE)",
         "--node-rank=$(NODE_RANK)",
         "--master-addr=$(MASTER_ADDR)",
         "--master-port=$(MASTER_PORT)",
     ]
-    assert cmd[6:10] == ["-m", "mtp_trainer.main", "--job", "/etc/mtpjob/job.yaml"]
-    out_dir = cmd[cmd.index("--output-dir") + 1]
+    assert cmd[8:12] == ["-m", "mtp_trainer.main", "--job", "/etc/mtpjob/job.yaml"]
+    assert cmd[-3:] == ["--output-dir", out_dir, "--hold-after-completion"]
     assert out_dir in mounts(sts).values()
     assert sts["spec"]["serviceName"] == "demo-trainer" and sts["spec"]["replicas"] == job.spec.trainer.replicas
     assert volumes(sts)["dshm"]["emptyDir"] == {"medium": "Memory"} and mounts(sts)["dshm"] == "/dev/shm"

@@ -244,6 +244,20 @@ def test_backoff_limit_fails_the_job_and_it_stays_failed(backend: Backend, job: 
         assert status(backend)["state"] == "Failed"
 
 
+def test_trainer_exit_2_fails_the_job_as_invalid_spec(backend: Backend, job: dict[str, Any]) -> None:
+    if backend.real:
+        pytest.skip("exit codes come from real pods; not forced on a cluster")
+    job["spec"]["runPolicy"] = {"backoffLimit": 5}
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: all_children(backend))
+        backend.apply("pods", _pod(f"{NAME}-trainer-0", restarts=1, last_exit_code=2))
+        st = wait_state(backend, "Failed")
+        assert conditions(st)["Failed"]["reason"] == "InvalidSpec"
+        assert f"{NAME}-trainer-0" in conditions(st)["Failed"]["message"]
+        wait_for(lambda: (backend.get("statefulsets", f"{NAME}-trainer") or {})["spec"]["replicas"] == 0)
+
+
 def test_operator_metrics_count_reconciles_and_jobs(backend: Backend, job: dict[str, Any]) -> None:
     backend.apply(t.PLURAL, job)
     with backend.operator():
@@ -266,7 +280,10 @@ def _exposition() -> str:
     return generate_latest(metrics.REGISTRY).decode()
 
 
-def _pod(name: str, restarts: int) -> dict[str, Any]:
+def _pod(name: str, restarts: int, last_exit_code: int | None = None) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "trainer", "restartCount": restarts}
+    if last_exit_code is not None:
+        container["lastState"] = {"terminated": {"exitCode": last_exit_code}}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -279,5 +296,5 @@ def _pod(name: str, restarts: int) -> dict[str, Any]:
             },
         },
         "spec": {"containers": [{"name": "trainer", "image": "x"}]},
-        "status": {"phase": "Running", "containerStatuses": [{"name": "trainer", "restartCount": restarts}]},
+        "status": {"phase": "Running", "containerStatuses": [container]},
     }

@@ -9,7 +9,7 @@ import pytest
 
 from mtp_api import types as t
 from mtp_operator.metrics_store import JobMetrics
-from mtp_operator.observed import ChildState, Observed, PodState, observed_from
+from mtp_operator.observed import ChildState, Observed, PodState, observed_from, summarize_pod
 from mtp_operator.status import compute_status
 from tests.operator.conftest import job_manifest
 
@@ -33,8 +33,10 @@ def children(trainer_ready: int = 0, rollout_ready: int = 0, missing: str | None
     return observed_from([k for k in kids if k.kind != missing], [])
 
 
-def with_restarts(n: int) -> Observed:
-    return Observed(children().children, (PodState("demo-trainer-0", "trainer", False, n, False),))
+def with_restarts(n: int, exit_code: int | None = None, component: str = "trainer") -> Observed:
+    codes = (("trainer", exit_code),) if exit_code is not None else ()
+    pod = PodState(f"demo-{component}-0", component, False, n, False, last_exit_codes=codes)
+    return Observed(children().children, (pod,))
 
 
 CASES = [
@@ -46,6 +48,42 @@ CASES = [
     ("suspended", job(suspend=True), children(1, 1), JobMetrics(), 0, "Suspended", ("Suspended", "Suspended")),
     ("backoff", job(backoffLimit=1), with_restarts(2), JobMetrics(), 0, "Failed", ("Failed", "BackoffLimitExceeded")),
     ("within-backoff", job(backoffLimit=2), with_restarts(2), JobMetrics(), 0, "Created", ("Running", "PodsNotReady")),
+    (
+        "bad-input-exit-2",
+        job(backoffLimit=5),
+        with_restarts(1, 2),
+        JobMetrics(),
+        0,
+        "Failed",
+        ("Failed", "InvalidSpec"),
+    ),
+    (
+        "bad-input-beats-backoff",
+        job(backoffLimit=0),
+        with_restarts(3, 2),
+        JobMetrics(),
+        0,
+        "Failed",
+        ("Failed", "InvalidSpec"),
+    ),
+    (
+        "crash-exit-1-retries",
+        job(backoffLimit=5),
+        with_restarts(1, 1),
+        JobMetrics(),
+        0,
+        "Created",
+        ("Running", "PodsNotReady"),
+    ),
+    (
+        "rollout-exit-2-ignored",
+        job(),
+        with_restarts(0, 2, "rollout"),
+        JobMetrics(),
+        0,
+        "Created",
+        ("Running", "PodsNotReady"),
+    ),
     (
         "deadline",
         job(activeDeadlineSeconds=60),
@@ -116,6 +154,56 @@ def test_terminal_state_sticks_while_numbers_move() -> None:
     assert later.rollout is not None and later.rollout.acceptance_rate == 0.123
     assert later.rollout.per_position_acceptance == [0.911, 0.5]
     assert later.trainer is not None and later.trainer.step == 200  # kept from the last known value
+
+
+def test_bad_input_exit_points_at_the_trainer_log() -> None:
+    st = compute_status(job(), None, with_restarts(1, 2), JobMetrics(), T0, generation=1)
+    failed = {str(c.type): c for c in st.conditions}["Failed"]
+    assert failed.reason == "InvalidSpec" and "kubectl logs -n team-a demo-trainer-0 -c trainer" in failed.message
+
+
+SUMMARY_CASES = [
+    # id, containerStatuses, expected last_exit_codes
+    ("never-terminated", [{"name": "trainer", "restartCount": 0, "state": {"running": {}}}], ()),
+    (
+        "restarted-after-exit-2",
+        [
+            {
+                "name": "trainer",
+                "restartCount": 1,
+                "state": {"running": {}},
+                "lastState": {"terminated": {"exitCode": 2}},
+            }
+        ],
+        (("trainer", 2),),
+    ),
+    (
+        "terminated-now-wins",
+        [
+            {
+                "name": "trainer",
+                "restartCount": 1,
+                "state": {"terminated": {"exitCode": 0}},
+                "lastState": {"terminated": {"exitCode": 2}},
+            }
+        ],
+        (("trainer", 0),),
+    ),
+    (
+        "waiting-in-backoff",
+        [{"name": "trainer", "state": {"waiting": {}}, "lastState": {"terminated": {"exitCode": 1}}}],
+        (("trainer", 1),),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "statuses", "want"), SUMMARY_CASES, ids=[c[0] for c in SUMMARY_CASES])
+def test_summarize_pod_last_exit_codes(case: str, statuses: list[dict[str, Any]], want: tuple) -> None:
+    body = {
+        "metadata": {"name": "demo-trainer-0", "labels": {"app.kubernetes.io/component": "trainer"}},
+        "status": {"phase": "Running", "containerStatuses": statuses},
+    }
+    assert summarize_pod(body).last_exit_codes == want
 
 
 def test_invalid_spec_fails_with_reason() -> None:

@@ -115,10 +115,13 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """Where the weights come from: ``tiny`` (random init), or an HF checkpoint directory."""
+    """Where the weights come from: ``tiny`` (random init), an HF checkpoint directory (``path``), or
+    a Hub repo (``huggingFace``), which ``hub.fetch`` turns into a directory before anything reads it."""
 
     kind: str = "tiny"
     path: str | None = None
+    repo_id: str | None = None
+    revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,23 +137,30 @@ class TrainerConfig:
     seed: int = 1234
 
 
+MODEL_PATH_ENV = "MTP_MODEL_PATH"
+# Where the operator mounts a pvc source (mtp_operator.names.MODEL_MOUNT_DIR); used when the env is unset.
+MODEL_MOUNT_DIR = "/models/source"
+
+
 def _source(job: t.MTPTrainingJob, base_dir: Path) -> SourceConfig:
+    """One rule with the operator (``builders.model_path.source_model_path``): ``$MTP_MODEL_PATH`` when
+    set, else the same value derived from the spec. For pvc and path it is a local directory (a relative
+    path is relative to the job file); for huggingFace it is the Hub repo id."""
     src = job.spec.model.source
     kind = src.kind()
     if kind == "tiny":
         return SourceConfig(kind="tiny")
-    if kind == "path":
-        assert src.path is not None
-        p = Path(src.path)
-        p = p if p.is_absolute() else base_dir / p
-        return SourceConfig(kind="path", path=str(p))
+    env = os.environ.get(MODEL_PATH_ENV) or None
+    if kind == "hugging_face":
+        assert src.hugging_face is not None
+        return SourceConfig(kind="huggingFace", repo_id=env or src.hugging_face.id, revision=src.hugging_face.revision)
     if kind == "pvc":
         assert src.pvc is not None
-        # The operator mounts the claim at MTP_MODEL_MOUNT (default /model); the job names a sub-path.
-        root = Path(os.environ.get("MTP_MODEL_MOUNT", "/model"))
-        return SourceConfig(kind="path", path=str(root / src.pvc.path))
-    # huggingFace: an init container downloads the repo into MTP_MODEL_DIR before the trainer starts.
-    return SourceConfig(kind="path", path=os.environ.get("MTP_MODEL_DIR", "/model"))
+        default = f"{MODEL_MOUNT_DIR}/{src.pvc.path}".rstrip("/") if src.pvc.path else MODEL_MOUNT_DIR
+        return SourceConfig(kind="path", path=env or default)
+    assert src.path is not None
+    p = Path(env or src.path)
+    return SourceConfig(kind="path", path=str(p if p.is_absolute() else base_dir / p))
 
 
 def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: int | None = None) -> TrainerConfig:
@@ -223,8 +233,6 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
         ),
         parallel=ParallelConfig(strat.tensor_parallel_size, strat.pipeline_parallel_size),
         schedule=ScheduleConfig(save_steps=hp.save_steps, eval_steps=hp.eval_steps),
-        metrics=MetricsConfig(
-            port=tr.metrics_port, job=job.metadata.name, namespace=job.metadata.namespace or ""
-        ),
+        metrics=MetricsConfig(port=tr.metrics_port, job=job.metadata.name, namespace=job.metadata.namespace or ""),
         seed=hp.seed,
     )

@@ -1,7 +1,7 @@
 """Import a Hugging Face checkpoint directory of a supported family (including ``mtp.*``).
 
-``spec.model.source.path`` (or a PVC sub-path, or the directory the Hugging Face init container
-downloaded into) names the directory. The family is read from ``config.json``'s ``model_type``;
+``spec.model.source.path`` (or a PVC sub-path, or the directory ``hub.fetch`` downloaded a
+huggingFace repo into) names the directory. The family is read from ``config.json``'s ``model_type``;
 the job's ``spec.model.family`` only selects the *export* flavour.
 """
 

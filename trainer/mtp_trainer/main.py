@@ -2,7 +2,9 @@
 
 The run, top to bottom:
 
-1. Read and validate the job (``mtp_api.validation.load_job``) and derive the typed config.
+1. Read and validate the job (``mtp_api.validation.load_job``) and derive the typed config. The
+   model source is ``$MTP_MODEL_PATH`` when set (the operator sets it); a ``huggingFace`` repo is
+   downloaded once into ``DIR/source-model`` (``hub.fetch``) and reused on restart.
 2. Join torch.distributed from torchrun's environment (or run as one local process): gloo on
    CPU, nccl on GPU; build Megatron's tensor/pipeline/data-parallel groups from the spec.
 3. Tokenizer: from the checkpoint being resumed, else the imported checkpoint's, else a byte-level
@@ -15,6 +17,10 @@ The run, top to bottom:
    fresh (``--fresh``). Train, evaluating and checkpointing on schedule; metrics go to Prometheus
    and ``DIR/metrics.jsonl``.
 7. Export the final weights to ``DIR/hf`` (safetensors, config.json, tokenizer) atomically.
+8. With ``--hold-after-completion`` (what the operator runs), keep serving the metrics, with
+   ``mtp_trainer_step`` = maxSteps, until SIGTERM or SIGINT, then exit 0: a StatefulSet restarts a
+   container that exits, so the operator, not the exit, ends the run. A restarted trainer that is
+   already complete resumes at maxSteps, reports it at once, re-exports and holds again.
 
 Exit status: 0 on success, 2 on bad input (the message names the field and the fix).
 """
@@ -24,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +41,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mtp_api.validation import ManifestError, load_job
-from mtp_trainer import checkpoint, data, distributed, families, hf_export, hf_import, mtp_modes, tokenizer
+from mtp_trainer import checkpoint, data, distributed, families, hf_export, hf_import, hub, mtp_modes, tokenizer
 from mtp_trainer.config import ConfigError, TrainerConfig, from_job
 from mtp_trainer.metrics import Metrics
 from mtp_trainer.train_loop import Trainer, build_optimizer
@@ -48,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--fresh", dest="resume", action="store_false", help="ignore existing checkpoints")
     p.add_argument("--metrics-port", type=int, default=None, help="override spec.trainer.metricsPort; 0 disables")
     p.add_argument("--max-steps", type=int, default=None, help="override hyperparameters.maxSteps (smoke runs)")
+    p.add_argument(
+        "--hold-after-completion",
+        action="store_true",
+        help="after the export, keep serving metrics until SIGTERM/SIGINT, then exit 0 (the operator's mode)",
+    )
     return p.parse_args(argv)
 
 
@@ -76,9 +89,16 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, metrics=replace(cfg.metrics, port=args.metrics_port))
     if args.max_steps is not None:
         cfg = replace(cfg, optim=replace(cfg.optim, max_steps=args.max_steps))
+    out_dir: Path = args.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    node_rank = int(os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or "0")
+    cfg = replace(cfg, source=hub.fetch(cfg.source, out_dir, local_rank=local_rank, node_rank=node_rank))
     if cfg.source.kind == "path":
         assert cfg.source.path is not None
-        m = hf_import.model_config_from_dir(Path(cfg.source.path), cfg.model.family, cfg.model.dtype, cfg.data.seq_length)
+        m = hf_import.model_config_from_dir(
+            Path(cfg.source.path), cfg.model.family, cfg.model.dtype, cfg.data.seq_length
+        )
         if job.spec.model.mtp_num_layers is not None and m.mtp_num_layers != job.spec.model.mtp_num_layers:
             raise ConfigError(
                 f"spec.model.mtpNumLayers is {job.spec.model.mtp_num_layers} but the checkpoint has "
@@ -89,8 +109,6 @@ def run(args: argparse.Namespace) -> int:
     family.check(cfg.model)
 
     info = distributed.init(cfg.parallel.tensor_parallel_size, cfg.parallel.pipeline_parallel_size, cfg.seed)
-    out_dir: Path = args.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     resume_from = checkpoint.latest(out_dir) if args.resume else None
 
     train_convs, val_convs = data.split(cfg.data)
@@ -123,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         seed=cfg.data.seed,
     )
     metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
+    metrics.set_step(start)  # a restarted trainer reports where it is before its first step
     if info.is_main:
         summary = {
             "event": "start",
@@ -140,19 +159,62 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, model, optimizer, schedule, val_rows, metrics, info.device, out_dir, tok)
     trainer.run(start)
     hf_export.export(model, cfg.model, tok, out_dir / "hf")
+    done = max(start, cfg.optim.max_steps)
+    metrics.set_step(done)
     if info.is_main:
-        print(json.dumps({"event": "done", "step": cfg.optim.max_steps, "export": str(out_dir / "hf")}), flush=True)
+        print(json.dumps({"event": "done", "step": done, "export": str(out_dir / "hf")}), flush=True)
     distributed.shutdown()
     return 0
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM/SIGINT handler to end :func:`hold_until_signalled`."""
+
+
+def hold_until_signalled(ready: Callable[[], None] = lambda: None) -> int:
+    """Block until SIGTERM or SIGINT, then return 0. The metrics server thread keeps serving meanwhile.
+
+    The wait is a read on the signal wakeup pipe rather than a sleep or an Event: a signal that the
+    kernel hands to another thread (the metrics server, torch's pools) still writes to the pipe, which
+    wakes this thread to run the handler. ``ready`` runs once the handlers are in place (tests).
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    previous_fd = signal.set_wakeup_fd(w)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        ready()
+        while True:
+            os.read(r, 1)
+    except _Stop:
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(r)
+        os.close(w)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return run(args)
+        rc = run(args)
     except (ConfigError, ManifestError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if rc != 0 or not args.hold_after_completion:
+        return rc
+
+    def announce() -> None:  # once SIGTERM is handled: a stop from here on exits 0
+        if os.environ.get("RANK", "0") == "0":
+            print(json.dumps({"event": "hold"}), flush=True)
+
+    return hold_until_signalled(ready=announce)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,11 @@ class Metrics:
                 server, _ = start_http_server(cfg.port, registry=self.registry)
                 self.port = int(server.server_port)
 
+    def set_step(self, step: int) -> None:
+        """Report the last completed step without a record (after a resume, and after the export)."""
+        if self.enabled:
+            self.step.labels(**self._base).set(step)
+
     def record(self, rec: StepRecord) -> None:
         if not self.enabled:
             return

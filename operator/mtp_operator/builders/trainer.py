@@ -42,8 +42,13 @@ def trainer_env(job: t.MTPTrainingJob) -> list[dict[str, Any]]:
 
 
 def trainer_command(job: t.MTPTrainingJob) -> list[str]:
+    """torchrun through ``mtp_trainer.launch``, which keeps the trainer's exit status 2 (bad input) for
+    status to read; ``--hold-after-completion`` keeps a finished trainer serving ``mtp_trainer_step``
+    until the operator scales the StatefulSet down, instead of exiting into a restart loop."""
     return [
-        "torchrun",
+        "python",
+        "-m",
+        "mtp_trainer.launch",
         "--nnodes=$(NNODES)",
         "--nproc-per-node=$(NPROC_PER_NODE)",
         "--node-rank=$(NODE_RANK)",
@@ -55,6 +60,7 @@ def trainer_command(job: t.MTPTrainingJob) -> list[str]:
         f"{names.CONFIG_MOUNT_DIR}/{names.CONFIG_FILE}",
         "--output-dir",
         output_dir(job),
+        "--hold-after-completion",
     ]
 
 
