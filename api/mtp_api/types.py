@@ -180,7 +180,8 @@ class PVCSource(ApiModel):
 
 
 class HuggingFaceSource(ApiModel):
-    """A hub model id; the trainer's init container downloads it into the checkpoint volume."""
+    """A hub model id: the trainer downloads it into its output volume on first start (reused on
+    restart); vLLM pulls it itself. Offline clusters pre-stage the model and use ``pvc``."""
 
     id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
     revision: str = Field(default="main", min_length=1, max_length=128)

@@ -33,4 +33,4 @@ def test_render_explains_what_cannot_be_built(tmp_path: Path, capsys: pytest.Cap
     assert main(["render", str(path)]) == 1
     err = capsys.readouterr().err
     # the CRD's CEL rule (evaluated by `render` like `validate`) names the field and the fix
-    assert "spec.trainer.volumes: an sft job with a rollout" in err and "ReadWriteMany" in err
+    assert "spec.trainer.volumes: the rollout of an sft job" in err and "ReadWriteMany" in err

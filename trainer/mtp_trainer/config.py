@@ -173,6 +173,13 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
     strat = tr.strategy
     mtp_layers = spec.model.mtp_num_layers or 0
     mode = tr.mtp.training_mode
+    if spec.pipeline == t.Pipeline.RLVR:
+        # Refuse rather than silently run supervised cross-entropy on prompts: the GRPO loop
+        # (rollouts, verifiable rewards, trainer->rollout weight sync) is the next issue to land.
+        raise ConfigError(
+            "spec.pipeline rlvr: this trainer release has no RLVR (GRPO) loop yet; it trains sft jobs only. "
+            "Use pipeline: sft, or keep the manifest for the release that adds RLVR"
+        )
     if mode != t.MTPTrainingMode.DISABLED and mtp_layers < 1:
         raise ConfigError(
             "spec.model.mtpNumLayers must be >= 1 for trainer.mtp.trainingMode "
