@@ -30,15 +30,31 @@ from mtp_trainer.train_loop import build_optimizer
 SIZES = {
     # The example job's model (examples/tiny-sft.yaml).
     "tiny": (
-        ModelConfig(hidden_size=128, num_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                    ffn_hidden_size=384, vocab_size=1024),
-        8, 128,
+        ModelConfig(
+            hidden_size=128,
+            num_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            ffn_hidden_size=384,
+            vocab_size=1024,
+        ),
+        8,
+        128,
     ),
     # About 60M parameters (untied, 32k vocabulary).
     "60m": (
-        ModelConfig(hidden_size=512, num_layers=8, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
-                    ffn_hidden_size=1536, vocab_size=32000),
-        2, 256,
+        ModelConfig(
+            hidden_size=512,
+            num_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=64,
+            ffn_hidden_size=1536,
+            vocab_size=32000,
+        ),
+        2,
+        256,
     ),
 }
 
@@ -89,7 +105,11 @@ def bench(size: str, steps: int, warmup: int) -> list[tuple[str, float, float]]:
     g = torch.Generator().manual_seed(0)
     batch = causal_batch(torch.randint(0, m.vocab_size, (b, s + 1), generator=g), torch.ones(b, s))
     base = TrainerConfig(model=m, optim=OptimConfig(learning_rate=1e-4))
-    runners = {"no MTP": Runner(replace(base, model=replace(m, mtp_num_layers=0), mtp=replace(base.mtp, mode="disabled")), batch)}
+    runners = {
+        "no MTP": Runner(
+            replace(base, model=replace(m, mtp_num_layers=0), mtp=replace(base.mtp, mode="disabled")), batch
+        )
+    }
     for mode in (mtp_modes.DISABLED, mtp_modes.STANDALONE, mtp_modes.JOINT):
         runners[mode] = Runner(replace(base, mtp=replace(base.mtp, mode=mode)), batch)
     for i in range(warmup + steps):

@@ -18,7 +18,10 @@ from .conftest import build_model
 
 def _convs(n: int = 40) -> list:
     return [
-        [{"role": "user", "content": f"Count from {i}."}, {"role": "assistant", "content": " ".join(str(i + k) for k in range(12))}]
+        [
+            {"role": "user", "content": f"Count from {i}."},
+            {"role": "assistant", "content": " ".join(str(i + k) for k in range(12))},
+        ]
         for i in range(n)
     ]
 
@@ -33,7 +36,9 @@ def _trainer(cfg: TrainerConfig, tok, out: Path) -> Trainer:
     mtp_modes.prepare(model, cfg.mtp.mode)
     rows = data.pack(_convs(), tok, cfg.data.seq_length, cfg.data.seed)
     sched = data.BatchSchedule(rows, cfg.data.micro_batch_size, cfg.data.grad_accum_steps, seed=cfg.data.seed)
-    return Trainer(cfg, model, build_optimizer(model, cfg), sched, None, Metrics(cfg.metrics, out), torch.device("cpu"), out, tok)
+    return Trainer(
+        cfg, model, build_optimizer(model, cfg), sched, None, Metrics(cfg.metrics, out), torch.device("cpu"), out, tok
+    )
 
 
 @pytest.mark.parametrize("mode", [mtp_modes.STANDALONE, mtp_modes.JOINT])

@@ -121,7 +121,9 @@ def test_transformers_trunk_logits_match(trained, sft_run: Path) -> None:
         ("qwen3_next_one_expert", "Qwen3NextForCausalLM", "num_experts", 1),  # for stock vLLM
     ],
 )
-def test_other_flavours_match_in_transformers(trained, tmp_path: Path, family: str, arch: str, key: str, value: int) -> None:
+def test_other_flavours_match_in_transformers(
+    trained, tmp_path: Path, family: str, arch: str, key: str, value: int
+) -> None:
     """The other export flavours carry the same function, and import back to the same weights."""
     model, m, tok, prompts = trained
     out = hf_export.export(model, replace(m, family=family), tok, tmp_path / family)
@@ -129,7 +131,9 @@ def test_other_flavours_match_in_transformers(trained, tmp_path: Path, family: s
     hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
     assert type(hf).__name__ == arch
     ids = prompts[0]
-    torch.testing.assert_close(hf(torch.tensor([ids])).logits[0], megatron_logits(model, ids)[0], atol=HF_LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(
+        hf(torch.tensor([ids])).logits[0], megatron_logits(model, ids)[0], atol=HF_LOGIT_ATOL, rtol=0
+    )
     again = build_model(m, seed=98)
     hf_import.load_into(again, out, m)
     ref = model.state_dict()

@@ -93,9 +93,7 @@ class ModelProvider:
         cpu_compat.apply()
         cfg = self.transformer_config()
         layer_spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
-        mtp_spec = (
-            get_gpt_mtp_block_spec(cfg, layer_spec, use_transformer_engine=False) if cfg.mtp_num_layers else None
-        )
+        mtp_spec = get_gpt_mtp_block_spec(cfg, layer_spec, use_transformer_engine=False) if cfg.mtp_num_layers else None
         model = GPTModel(
             config=cfg,
             transformer_layer_spec=layer_spec,

@@ -53,9 +53,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
 
 
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=None, unk_token=None
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=None, unk_token=None)
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
