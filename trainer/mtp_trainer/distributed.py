@@ -8,7 +8,6 @@ which is what ``mtpjob run`` and the tests do. gloo on CPU, nccl on GPU.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +29,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def init(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, seed: int = 1234) -> DistInfo:
     """Initialise the process group (once) and Megatron's model-parallel groups."""
     cpu_compat.apply()
@@ -43,16 +36,18 @@ def init(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, seed: i
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    # A lone process gets a private loopback rendezvous; the environment is left untouched so that
-    # child processes (tests, tools) do not inherit a port that is already taken.
-    init_method = "env://" if launched else f"tcp://127.0.0.1:{_free_port()}"
+    # A lone process rendezvouses with itself through an in-memory store: no port to pick, so
+    # nothing can race the metrics port a caller chose, and the environment stays untouched.
     if cpu_compat.on_cpu():
         device, backend = torch.device("cpu"), "gloo"
     else:
         torch.cuda.set_device(local)
         device, backend = torch.device("cuda", local), "nccl"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world)
+        if launched:
+            dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(tensor_parallel_size, pipeline_parallel_size)
     cpu_compat.seed_model_parallel_rng(seed)
