@@ -84,22 +84,16 @@ def _now() -> str:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
+    """RFC 7386 JSON merge patch: a strategic merge that knows no list merge keys."""
+    return strategic_merge_patch(target, patch, merge_keys={})
 
 
-def strategic_merge_patch(target: Any, patch: Any, key: str | None = None) -> Any:
-    """Strategic merge for the list fields in ``_MERGE_KEYS``; a merge patch everywhere else."""
-    if isinstance(patch, list) and isinstance(target, list) and key in _MERGE_KEYS:
-        mk = _MERGE_KEYS[key]
+def strategic_merge_patch(
+    target: Any, patch: Any, key: str | None = None, merge_keys: dict[str, str] = _MERGE_KEYS
+) -> Any:
+    """Strategic merge for the list fields in ``merge_keys``; a merge patch everywhere else."""
+    if isinstance(patch, list) and isinstance(target, list) and key in merge_keys:
+        mk = merge_keys[key]
         merged = [copy.deepcopy(x) for x in target]
         for item in patch:
             idx = next((i for i, x in enumerate(merged) if isinstance(x, dict) and x.get(mk) == item.get(mk)), None)
@@ -109,7 +103,7 @@ def strategic_merge_patch(target: Any, patch: Any, key: str | None = None) -> An
             elif idx is None:
                 merged.append(copy.deepcopy(item))
             else:
-                merged[idx] = strategic_merge_patch(merged[idx], item)
+                merged[idx] = strategic_merge_patch(merged[idx], item, merge_keys=merge_keys)
         return merged
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
@@ -118,7 +112,7 @@ def strategic_merge_patch(target: Any, patch: Any, key: str | None = None) -> An
         if v is None:
             out.pop(k, None)
         else:
-            out[k] = strategic_merge_patch(out.get(k), v, k)
+            out[k] = strategic_merge_patch(out.get(k), v, k, merge_keys)
     return out
 
 
