@@ -18,7 +18,6 @@ from mtp_operator.builders.rollout import build_rollout_deployment
 from mtp_operator.builders.services import build_rollout_service, build_trainer_service
 from mtp_operator.builders.trainer import build_trainer_statefulset
 from mtp_operator.children import Scale, desired_children
-from mtp_rollout.launcher import server_plan
 from tests.operator.conftest import job_manifest
 
 Mutate = Callable[[dict[str, Any]], None]
@@ -139,9 +138,39 @@ def test_trainer_statefulset(
     assert sts["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
+def vllm_args(model: str, *device: str) -> list[str]:
+    """The vLLM command line written out by hand, not taken from ``server_plan`` (which the builder calls)."""
+    return [
+        "-m",
+        "mtp_rollout.serve",
+        "--model",
+        model,
+        "--served-model-name",
+        "demo",  # the job's name: vLLM's model_name label identifies the job in Prometheus
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--seed",
+        "1234",
+        "--generation-config",
+        "vllm",
+        *device,
+        "--speculative-config",
+        '{"method":"mtp","num_speculative_tokens":1}',
+    ]
+
+
+CPU_ARGS = ("--enforce-eager",)
+CPU_ENV = {"MTP_ROLLOUT_CHECK_MTP": "1", "MTP_ROLLOUT_CPU": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+
 ROLLOUT_CASES = [
-    # (id, mutate, model path, init container expected, gpus)
-    ("sft-serves-export", None, "/ckpt/hf", True, None),
+    # (id, mutate, model path, args, env, init container expected, gpus)
+    ("sft-serves-export", None, "/ckpt/hf", vllm_args("/ckpt/hf", *CPU_ARGS), CPU_ENV, True, None),
     (
         "rlvr-serves-hf-source-on-gpus",
         both(
@@ -152,6 +181,8 @@ ROLLOUT_CASES = [
             set_("spec.rollout.tensorParallelSize", 2),
         ),
         "Qwen/Qwen3.5-0.8B",
+        vllm_args("Qwen/Qwen3.5-0.8B", "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.9"),
+        {"MTP_ROLLOUT_CHECK_MTP": "1"},
         False,
         2,
     ),
@@ -163,27 +194,36 @@ ROLLOUT_CASES = [
             set_("spec.reward", {}),
         ),
         "/models/source/m",
+        vllm_args("/models/source/m", *CPU_ARGS),
+        CPU_ENV,
         False,
         None,
     ),
 ]
 
 
-@pytest.mark.parametrize(("case", "mutate", "model", "init", "gpus"), ROLLOUT_CASES, ids=[c[0] for c in ROLLOUT_CASES])
-def test_rollout_deployment(case: str, mutate: Mutate | None, model: str, init: bool, gpus: int | None) -> None:
+@pytest.mark.parametrize(
+    ("case", "mutate", "model", "args", "want_env", "init", "gpus"), ROLLOUT_CASES, ids=[c[0] for c in ROLLOUT_CASES]
+)
+def test_rollout_deployment(
+    case: str,
+    mutate: Mutate | None,
+    model: str,
+    args: list[str],
+    want_env: dict[str, str],
+    init: bool,
+    gpus: int | None,
+) -> None:
     job = make(mutate)
     dep = build_rollout_deployment(job, replicas=1, config_hash="h")
     c = container(dep)
-    plan = server_plan(job, model)
-    assert c["command"] == ["python"] and c["args"] == plan.args
-    assert env(dep) == plan.env
-    spec_cfg = c["args"][c["args"].index("--speculative-config") + 1]
-    assert json.loads(spec_cfg) == {"method": "mtp", "num_speculative_tokens": 1}
+    assert c["command"] == ["python"]
+    assert c["args"] == args
+    assert env(dep) == want_env
     if gpus:
-        assert c["args"][c["args"].index("--tensor-parallel-size") + 1] == "2"
-        assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus
+        assert c["resources"] == {"requests": {"nvidia.com/gpu": gpus}, "limits": {"nvidia.com/gpu": gpus}}
     else:
-        assert "resources" not in c or "nvidia.com/gpu" not in c["resources"].get("limits", {})
+        assert "resources" not in c  # no GPU and no resources in the spec: no resources block at all
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http-metrics"}
     assert c["ports"] == [{"name": "http-metrics", "containerPort": 8000, "protocol": "TCP"}]
     assert volumes(dep)["dshm"]["emptyDir"] == {"medium": "Memory"}
@@ -228,13 +268,114 @@ def test_services() -> None:
     assert ro["spec"]["selector"]["app.kubernetes.io/component"] == "rollout"
 
 
+# The job as the trainer reads it: tests/operator/conftest.job_manifest() (examples/tiny-sft.yaml with a
+# "ckpt" claim at /ckpt) with every default the API fills in, written out by hand.
+TRAINER_JOB_DOC = {
+    "apiVersion": "mtp.io/v1alpha1",
+    "kind": "MTPTrainingJob",
+    "metadata": {"name": "demo", "namespace": "team-a"},  # no uid: the trainer never needs it
+    "spec": {
+        "pipeline": "sft",
+        "model": {
+            "dtype": "float32",
+            "family": "qwen3_next",
+            "mtpNumLayers": 1,
+            "source": {
+                "tiny": {
+                    "ffnHiddenSize": 384,
+                    "hiddenSize": 128,
+                    "numAttentionHeads": 4,
+                    "numKeyValueHeads": 2,
+                    "numLayers": 2,
+                    "tieWordEmbeddings": False,
+                    "vocabSize": 1024,
+                }
+            },
+        },
+        "rollout": {
+            "generation": {"maxModelLen": 512, "maxTokens": 64, "temperature": 0.0, "topP": 1.0},
+            "gpuMemoryUtilization": 0.9,
+            "gpusPerReplica": 0,
+            "image": "ghcr.io/mtp-io/mtp-rollout:0.1.0",
+            "port": 8000,
+            "replicas": 1,
+            "resources": {"limits": {}, "requests": {}},
+            "speculative": {"method": "mtp", "numSpeculativeTokens": 1},
+            "tensorParallelSize": 1,
+        },
+        "runPolicy": {"backoffLimit": 3, "suspend": False},
+        "trainer": {
+            "data": {
+                "answerKey": "ground_truth",
+                "builtinTask": {"difficulty": 2, "seed": 1234, "trainSize": 20000, "validationSize": 256},
+                "format": "messages",
+                "promptKey": "prompt",
+                "responseKey": "response",
+                "trainFiles": ["builtin:pydoc-topics"],
+                "validationFiles": [],
+                "validationFraction": 0.05,
+            },
+            "gpusPerReplica": 0,
+            "grpo": {
+                "clipRatioHigh": 0.2,
+                "clipRatioLow": 0.2,
+                "klCoef": 0.0,
+                "miniBatches": 1,
+                "promptsPerStep": 8,
+                "samplesPerPrompt": 8,
+                "validationPrompts": 32,
+            },
+            "hyperparameters": {
+                "clipGrad": 1.0,
+                "evalSteps": 50,
+                "globalBatchSize": 8,
+                "learningRate": 0.003,
+                "maxSteps": 200,
+                "microBatchSize": 8,
+                "minLearningRate": 0.0003,
+                "saveSteps": 100,
+                "seed": 1234,
+                "seqLength": 128,
+                "warmupSteps": 10,
+                "weightDecay": 0.0,
+            },
+            "image": "ghcr.io/mtp-io/mtp-trainer:0.1.0",
+            "metricsPort": 9400,
+            "mtp": {"lossScalingFactor": 0.3, "trainingMode": "joint"},
+            "replicas": 1,
+            "resources": {"limits": {}, "requests": {}},
+            "strategy": {
+                "distributedOptimizer": False,
+                "pipelineParallelSize": 1,
+                "recompute": "none",
+                "sequenceParallel": False,
+                "tensorParallelSize": 1,
+            },
+            "volumes": {"checkpoints": {"claimName": "ckpt", "mountPath": "/ckpt", "subPath": ""}},
+        },
+    },
+}
+
+
 def test_config_map_holds_the_job_the_trainer_reads() -> None:
     job = make()
     cm = build_config_map(job)
+    assert cm["apiVersion"] == "v1" and cm["kind"] == "ConfigMap"
+    assert cm["metadata"]["name"] == "demo-config" and cm["metadata"]["namespace"] == "team-a"
+    assert cm["metadata"]["labels"] == {
+        "app.kubernetes.io/component": "config",
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/managed-by": "mtp-operator",
+        "app.kubernetes.io/name": "mtptrainingjob",
+        "app.kubernetes.io/part-of": "mtp",
+        "mtp.io/job-name": "demo",
+    }
+    assert set(cm["data"]) == {"job.yaml", "rollout.json"}
     doc = yaml.safe_load(cm["data"]["job.yaml"])
-    assert t.MTPTrainingJob.model_validate(doc).spec == job.spec
-    assert "uid" not in doc["metadata"]
-    assert json.loads(cm["data"]["rollout.json"])["args"] == server_plan(job, "/ckpt/hf").args
+    assert doc == TRAINER_JOB_DOC
+    assert t.MTPTrainingJob.model_validate(doc).spec == job.spec  # and it reads back as the same spec
+    # The rollout's server plan: the SFT rollout serves the trainer's export (<checkpoints>/hf) on CPU.
+    assert json.loads(cm["data"]["rollout.json"]) == {"args": vllm_args("/ckpt/hf", *CPU_ARGS), "env": CPU_ENV}
 
 
 def test_builders_are_pure_and_render_without_uid() -> None:
