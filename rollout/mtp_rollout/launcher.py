@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtp_api import types as t
+from mtp_rollout import weight_sync as ws
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 SERVE_MODULE = "mtp_rollout.serve"
@@ -58,12 +59,19 @@ def server_plan(
     port: int | None = None,
     speculative: bool = True,
     cpu_kv_cache_gib: int = 1,
+    weight_sync: bool = False,
+    weight_sync_backend: str | None = None,
 ) -> ServerPlan:
     """The vLLM server for ``job`` serving ``model_path``.
 
     ``speculative=False`` gives the plain-decoding twin with otherwise identical settings, which
     is what the speedup benchmark compares against. The served model name is the job's name, so
     vLLM's ``model_name`` label identifies the job in Prometheus.
+
+    ``weight_sync=True`` (pipeline rlvr) opens vLLM's RL API (``VLLM_SERVER_DEV_MODE=1``) and picks
+    the weight-transfer engine: ``weight_sync_backend``, by default the shared-volume engine
+    ``mtp_shared_fs`` (CPU and GPU; the trainer side of vLLM's ``nccl`` is not wired yet, see
+    ``mtp_rollout.weight_sync``).
     """
     rollout = job.spec.rollout or t.RolloutSpec()
     gen = rollout.generation
@@ -103,6 +111,9 @@ def server_plan(
     if cfg is not None:
         args += ["--speculative-config", json.dumps(cfg, separators=(",", ":"))]
         env[ENV_CHECK_MTP] = "1"
+    if weight_sync:
+        args += ["--weight-transfer-config", ws.weight_transfer_config(weight_sync_backend or ws.SHARED_FS)]
+        env[ws.ENV_DEV_MODE] = "1"
     if on_cpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib)
         env[ENV_CPU] = "1"
