@@ -3,7 +3,9 @@
 - Input: JSONL with ``messages`` ([{"role", "content"}, ...]) or ``prompt``/``response``; plus the
   name ``builtin:pydoc-topics``, a real corpus that ships with CPython (``pydoc_data.topics``:
   the ~80 help() topics of the Python docs, ~465 kB of text), cut into paragraph-sized
-  prompt/response examples so a CPU run trains on real language without downloads.
+  prompt/response examples so a CPU run trains on real language without downloads; and
+  ``builtin:arithmetic[?n=..&difficulty=..]``, the generated RLVR task's worked solutions
+  (``mtp_trainer.rl.tasks``; validationFiles get its validation split).
 - Rendering is ChatML (the tokenizer's chat template); the loss covers assistant content and its
   ``<|im_end|>`` only.
 - Packing: examples are laid end to end into rows of ``seq_length + 1`` tokens. Attention is
@@ -28,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mtp_trainer.config import ConfigError, DataConfig
 from mtp_trainer.mtp_modes import Batch
+from mtp_trainer.rl import tasks as rl_tasks
 from mtp_trainer.tokenizer import IM_END, IM_START
 
 BUILTIN_PYDOC = "builtin:pydoc-topics"
@@ -94,6 +97,13 @@ def load_conversations(files: tuple[str, ...], cfg: DataConfig, field: str) -> l
     for i, name in enumerate(files):
         if name == BUILTIN_PYDOC:
             out.extend(pydoc_examples())
+            continue
+        if rl_tasks.is_builtin(name):
+            split_name = "validation" if field.endswith("validationFiles") else "train"
+            try:
+                out.extend(rl_tasks.as_conversation(p) for p in rl_tasks.builtin_problems(name, split_name))
+            except ValueError as exc:
+                raise ConfigError(f"{field}[{i}]: {exc}") from exc
             continue
         for path in _resolve(name, Path(cfg.base_dir), f"{field}[{i}]"):
             with path.open() as fh:
