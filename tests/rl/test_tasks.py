@@ -86,6 +86,7 @@ def test_builtin_splits_never_overlap() -> None:
     train = {p.prompt for p in builtin_problems(BUILTIN_ARITHMETIC + "?n=6000&seed=3")}
     val = builtin_problems(BUILTIN_ARITHMETIC + "?n=6000&seed=3", split="validation")
     assert len(val) == 600 and not train & {p.prompt for p in val}
+    assert len(builtin_problems(BUILTIN_ARITHMETIC + "?n=50&validation_n=256&difficulty=2", "validation")) == 256
 
 
 @pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5])

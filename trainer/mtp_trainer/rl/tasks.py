@@ -38,6 +38,7 @@ MAX_DIFFICULTY = 5
 # Defaults of the name ``builtin:arithmetic`` (override with ``builtin:arithmetic?n=2000&difficulty=1-2``).
 BUILTIN_DEFAULTS: dict[str, str] = {
     "n": "30000",
+    "validation_n": "",  # empty: n // 10 (at least one per difficulty level)
     "difficulty": "1-3",
     "seed": "0",
     "max_operand": "99",
@@ -150,9 +151,10 @@ def is_builtin(name: str) -> bool:
 
 
 def builtin_problems(name: str, split: str = "train") -> list[Problem]:
-    """The problems a ``builtin:arithmetic[?n=..&difficulty=lo-hi&seed=..&max_operand=..&max_factor=..]``
+    """The problems a ``builtin:arithmetic[?n=..&validation_n=..&difficulty=lo-hi&seed=..&max_operand=..&max_factor=..]``
     name stands for (defaults in ``BUILTIN_DEFAULTS``; a difficulty range mixes the levels in equal
-    shares, ``n`` in all). The validation split gets a tenth of ``n`` (at least 1 per level)."""
+    shares, ``n`` in all). The validation split has ``validation_n`` problems (default: a tenth of
+    ``n``, at least 1 per level)."""
     if not is_builtin(name):
         raise ValueError(f"{name!r} is not {BUILTIN_ARITHMETIC!r}")
     query = name[len(BUILTIN_ARITHMETIC) + 1 :] if "?" in name else ""
@@ -165,6 +167,7 @@ def builtin_problems(name: str, split: str = "train") -> list[Problem]:
         lo_s, _, hi_s = params["difficulty"].partition("-")
         lo, hi = int(lo_s), int(hi_s or lo_s)
         n, seed = int(params["n"]), int(params["seed"])
+        validation_n = int(params["validation_n"]) if params["validation_n"] else max(hi - lo + 1, n // 10)
         max_operand, max_factor = int(params["max_operand"]), int(params["max_factor"])
     except ValueError as exc:
         raise ValueError(f"{name!r}: parameters must be integers (difficulty: N or LO-HI): {exc}") from exc
@@ -172,7 +175,7 @@ def builtin_problems(name: str, split: str = "train") -> list[Problem]:
         raise ValueError(f"{name!r}: difficulty must be within 1..{MAX_DIFFICULTY}, as N or LO-HI")
     levels = list(range(lo, hi + 1))
     if split == "validation":
-        n = max(len(levels), n // 10)
+        n = validation_n
     out: list[Problem] = []
     for k, level in enumerate(levels):
         share = n // len(levels) + (1 if k < n % len(levels) else 0)
