@@ -1,6 +1,19 @@
 """The collector against misbehaving loopback pods: timeouts, failures, garbage, resets, churn.
 
 Real HTTP on 127.0.0.1 with real captured vLLM text; a fake clock makes the windows exact.
+Every expected figure is computed by hand from the fixtures' counter values below, never with the
+collector's own ``rates`` helpers.
+
+Counter values in the fixtures (engine 0, model_name "tiny"):
+
+    fixture             drafts  draft_tokens  accepted  per position        generation_tokens
+    k3_zero_idle             0             0         0  0 / 0 / 0                           0
+    k3_zero_a               20            60        60  20 / 20 / 20                       80
+    k3_zero_b               50           150       150  50 / 50 / 50                      200
+    k3_zero_restarted       10            30        30  10 / 10 / 10                       40
+    k2_idle                 47            94         0  0 / 0                              48
+    k2_random_a            235           470         0  0 / 0                             240
+    k2_random_b            373           746         3  3 / 0                             384
 """
 
 from __future__ import annotations
@@ -14,13 +27,17 @@ from prometheus_client import CollectorRegistry
 from mtp_rollout import metric_names as mn
 from mtp_rollout.collector import Collector, Target
 from mtp_rollout.exporter import AcceptanceExporter
-from mtp_rollout.exposition import parse
-from mtp_rollout.rates import WindowFigures, counter_series, increments
+from mtp_rollout.rates import Increments
 from tests.rollout.conftest import fixture_text
 from tests.rollout.fake_pods import EMPTY, FAIL, GARBAGE, SLOW, FakePod, serve_pods
 
 ZERO = [fixture_text(n) for n in ("vllm_k3_zero_idle", "vllm_k3_zero_a", "vllm_k3_zero_b")]
 RAND = [fixture_text(n) for n in ("vllm_k2_idle", "vllm_k2_random_a", "vllm_k2_random_b")]
+
+# k3_zero_idle -> k3_zero_b: 50-0 drafts, 150-0 draft tokens, 150-0 accepted, 50-0 per position, 200-0 generated
+ZERO_IDLE_TO_B = Increments(
+    drafts=50.0, draft_tokens=150.0, accepted=150.0, per_position={0: 50.0, 1: 50.0, 2: 50.0}, generation_tokens=200.0
+)
 
 
 class Clock:
@@ -29,12 +46,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def expected(prev: str, cur: str) -> WindowFigures:
-    a, _ = counter_series(parse(prev).samples)
-    b, _ = counter_series(parse(cur).samples)
-    return WindowFigures(1.0, increments(a, b))
 
 
 async def rounds(collector: Collector, clock: Clock, targets: list[Target], n: int, step: float = 10.0) -> None:
@@ -50,24 +61,47 @@ def test_two_good_pods_sum_into_one_job(caplog):
         async with serve_pods(pods) as urls:
             targets = [Target("ns", "tiny", name, url) for name, url in urls.items()]
             c = Collector(window_s=100, timeout_s=1, clock=clock)
-            await rounds(c, clock, targets, 3)
+            await rounds(c, clock, targets, 3)  # scrapes at t=1000 (baseline), 1010, 1020
             clock.t -= 10
             fig = c.figures("ns", "tiny")
-            z, r = expected(ZERO[0], ZERO[2]), expected(RAND[0], RAND[2])
-            assert fig.inc.drafts == z.inc.drafts + r.inc.drafts
-            assert fig.acceptance_rate == pytest.approx(
-                (z.inc.accepted + r.inc.accepted) / (z.inc.draft_tokens + r.inc.draft_tokens)
+            # p0 k3_zero idle->b: drafts 50, draft tokens 150, accepted 150, positions 50/50/50, generated 200
+            # p1 k2 idle->b: drafts 373-47=326, draft tokens 746-94=652, accepted 3-0=3, positions 3/0,
+            #                generated 384-48=336
+            assert fig.inc == Increments(
+                drafts=376.0,  # 50 + 326
+                draft_tokens=802.0,  # 150 + 652
+                accepted=153.0,  # 150 + 3
+                per_position={0: 53.0, 1: 50.0, 2: 50.0},  # 50+3, 50+0, 50 (k2 has no position 2)
+                generation_tokens=536.0,  # 200 + 336
+                resets=0,
             )
-            assert fig.seconds == pytest.approx(20.0)
+            assert fig.seconds == pytest.approx(20.0)  # 1000 -> 1020
+            assert fig.acceptance_rate == pytest.approx(153 / 802)  # 0.19077
+            assert fig.mean_acceptance_length == pytest.approx(1 + 153 / 376)  # 1.40691
+            assert fig.num_speculative_tokens == pytest.approx(802 / 376)  # 2.13298: a mix of k=3 and k=2
+            assert fig.per_position == pytest.approx({0: 53 / 376, 1: 50 / 376, 2: 50 / 376})
+            assert fig.generation_tokens_per_second == pytest.approx(536 / 20)  # 26.8
 
     with caplog.at_level(logging.INFO):
         asyncio.run(main())
     assert "joined" in caplog.text
 
 
+BAD_POD_WARNINGS = {
+    # what the collector logs about the bad pod on each of rounds 2 and 3 (round 1 served k3_zero_idle)
+    SLOW: ["{pod} failed: no answer within 0.5s"],
+    FAIL: ["{pod} failed: HTTP 503"],
+    GARBAGE: [
+        "{pod}: 2 malformed line(s) skipped, first: line 1: not a sample: '<html>\\x00\\x01 not metrics {{{ 1 2 3'",
+        "{pod}: no vLLM counters for model 'tiny'; keeping the last values",
+    ],
+    EMPTY: ["{pod}: no vLLM counters for model 'tiny'; keeping the last values"],
+}
+
+
 @pytest.mark.parametrize("bad", [SLOW, FAIL, GARBAGE, EMPTY])
 def test_bad_pod_costs_only_itself(bad, caplog):
-    async def main() -> None:
+    async def main() -> str:
         clock = Clock()
         pods = {"good": FakePod(ZERO), "bad": FakePod([ZERO[0], bad])}
         async with serve_pods(pods) as urls:
@@ -80,12 +114,15 @@ def test_bad_pod_costs_only_itself(bad, caplog):
             assert reports[-1].errors == {("ns", "tiny"): 1} and reports[-1].ok == {("ns", "tiny"): 1}
             clock.t -= 10
             fig = c.figures("ns", "tiny")
-            assert fig.acceptance_rate == pytest.approx(1.0)
-            assert fig.inc.drafts == expected(ZERO[0], ZERO[2]).inc.drafts
+            assert fig.inc == ZERO_IDLE_TO_B  # the good pod's idle->b increments, nothing from the bad one
+            assert fig.acceptance_rate == pytest.approx(1.0)  # 150 accepted / 150 draft tokens
+            return str(targets[1])
 
-    with caplog.at_level(logging.WARNING):
-        asyncio.run(main())
-    assert ("bad" in caplog.text and "failed" in caplog.text) or "no vLLM counters" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="mtp_rollout.collector"):
+        bad_pod = asyncio.run(main())
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mtp_rollout.collector"]
+    expected = [f"scrape of rollout pod {w.replace('{pod}', bad_pod)}" for w in BAD_POD_WARNINGS[bad]]
+    assert warnings == expected * 2  # rounds 2 and 3, about the bad pod only
 
 
 def test_unreachable_pod_is_a_log_line():
@@ -112,9 +149,21 @@ def test_restart_and_pod_churn():
             clock.t += 10
             await c.scrape([t0])  # p0 restarts, p1 leaves
             fig = c.figures("ns", "tiny")
-            want = expected(ZERO[1], ZERO[2]).inc.drafts + expected(ZERO[2], restarted).inc.drafts
-            assert fig.inc.resets > 0 and fig.inc.drafts == want
-            assert fig.acceptance_rate == pytest.approx(1.0)
+            # p0 a->b: drafts 50-20=30, draft tokens 150-60=90, accepted 150-60=90, positions 50-20=30 each,
+            #          generated 200-80=120.
+            # p0 b->restarted: every counter went down (7 series: drafts, draft tokens, accepted, 3 positions,
+            #          generated), so each increment is the new value: 10, 30, 30, 10 each, 40.
+            # p1 only ever gave its baseline (k3_zero_idle) before it left: nothing.
+            assert fig.inc == Increments(
+                drafts=40.0,  # 30 + 10
+                draft_tokens=120.0,  # 90 + 30
+                accepted=120.0,  # 90 + 30
+                per_position={0: 40.0, 1: 40.0, 2: 40.0},  # 30 + 10 each
+                generation_tokens=160.0,  # 120 + 40
+                resets=7,
+            )
+            assert fig.seconds == pytest.approx(20.0)  # 1000 -> 1020
+            assert fig.acceptance_rate == pytest.approx(1.0)  # 120 / 120
 
     asyncio.run(main())
 
@@ -132,12 +181,15 @@ def test_exporter_gauges_and_forget():
                 exporter.publish("ns", "tiny", c.figures("ns", "tiny"), report)
                 clock.t += 10
         labels = {"namespace": "ns", "job": "tiny"}
-        assert registry.get_sample_value(mn.ACCEPTANCE_RATE, labels) == pytest.approx(1.0)
-        assert registry.get_sample_value(mn.MEAN_ACCEPTANCE_LENGTH, labels) == pytest.approx(4.0)
-        assert registry.get_sample_value(mn.NUM_SPECULATIVE_TOKENS, labels) == pytest.approx(3.0)
-        assert registry.get_sample_value(mn.SPEEDUP_BOUND, labels) == pytest.approx(4.0)
-        assert registry.get_sample_value(mn.POSITION_ACCEPTANCE_RATE, {**labels, "position": "2"}) == pytest.approx(1.0)
-        assert registry.get_sample_value(mn.SCRAPE_ERRORS, labels) == 3
+        # p0 k3_zero idle->b over the window: drafts 50, draft tokens 150, accepted 150, position 2: 50
+        assert registry.get_sample_value(mn.ACCEPTANCE_RATE, labels) == pytest.approx(1.0)  # 150 / 150
+        assert registry.get_sample_value(mn.MEAN_ACCEPTANCE_LENGTH, labels) == pytest.approx(4.0)  # 1 + 150/50
+        assert registry.get_sample_value(mn.NUM_SPECULATIVE_TOKENS, labels) == pytest.approx(3.0)  # 150 / 50
+        assert registry.get_sample_value(mn.SPEEDUP_BOUND, labels) == pytest.approx(4.0)  # 4 / (3*0 + 1)
+        assert registry.get_sample_value(mn.POSITION_ACCEPTANCE_RATE, {**labels, "position": "2"}) == pytest.approx(
+            1.0
+        )  # 50 / 50
+        assert registry.get_sample_value(mn.SCRAPE_ERRORS, labels) == 3  # the failing pod, once per round
         assert registry.get_sample_value(mn.PODS_SCRAPED, labels) == 1
         exporter.forget("ns", "tiny")
         assert registry.get_sample_value(mn.ACCEPTANCE_RATE, labels) is None
