@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from mtp_api import types as t
-from mtp_operator.metrics_store import LatestMetrics
+from mtp_operator.metrics_store import JobMetrics, LatestMetrics
 from mtp_operator.settings import OperatorConfig
 
 
@@ -45,16 +46,40 @@ def test_metrics_store_keeps_latest_per_job_and_drops() -> None:
     assert store.get("ns", "a").trainer is None and len(store) == 0
 
 
-def test_metrics_store_is_thread_safe() -> None:
+class PausingDict(dict[tuple[str, str], t.TrainerStatus]):
+    """The store's trainer dict, pausing inside ``pop`` so another thread can run mid-``drop``."""
+
+    def __init__(self, mid_drop: threading.Event, reader_done: threading.Event) -> None:
+        super().__init__()
+        self.mid_drop, self.reader_done = mid_drop, reader_done
+
+    def pop(self, *args: Any) -> Any:
+        value = super().pop(*args)
+        self.mid_drop.set()
+        self.reader_done.wait(0.3)  # with the lock the reader is blocked until drop ends: this times out
+        return value
+
+
+def test_metrics_store_drop_is_atomic_for_readers() -> None:
+    """A reader never sees a half-dropped job: the trainer gone but the rollout still there.
+
+    ``drop`` removes the trainer, then the rollout. A hook pauses it between the two and a reader
+    thread calls ``get`` right then: without the lock it sees (None, rollout); with it, it waits.
+    """
     store = LatestMetrics()
+    mid_drop, reader_done = threading.Event(), threading.Event()
+    store._trainer = PausingDict(mid_drop, reader_done)
+    store.put_trainer("ns", "a", t.TrainerStatus(step=3))
+    store.put_rollout("ns", "a", t.RolloutStatus(acceptance_rate=0.5))
+    seen: list[JobMetrics] = []
 
-    def writer(i: int) -> None:
-        for step in range(500):
-            store.put_trainer("ns", f"j{i}", t.TrainerStatus(step=step))
+    def reader() -> None:
+        assert mid_drop.wait(10)
+        seen.append(store.get("ns", "a"))
+        reader_done.set()
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert [store.get("ns", f"j{i}").trainer.step for i in range(4)] == [499] * 4  # type: ignore[union-attr]
+    th = threading.Thread(target=reader)
+    th.start()
+    store.drop("ns", "a")
+    th.join(10)
+    assert seen == [JobMetrics(trainer=None, rollout=None)]
