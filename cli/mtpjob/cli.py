@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("cmd_run", "run an MTPTrainingJob on this machine: train, serve with MTP speculation, measure"),
     "render": ("cmd_render", "print the Kubernetes objects the operator creates for a job, as YAML"),
     "import-roll": ("cmd_import_roll", "convert a ROLL pipeline YAML into an MTPTrainingJob"),
+    "score": ("cmd_score", "score a JSONL of {response, answer} records with a job's reward (spec.reward)"),
 }
 
 
