@@ -122,10 +122,25 @@ def output_weight(model: GPTModel) -> Tensor:
     return model.output_layer.weight
 
 
+LMLoss = Callable[[Tensor], Tensor]
+"""The trunk's loss from its logits ``[s, b, v/tp]`` (vocab-parallel, with gradient) -> scalar.
+Megatron's vocab-parallel cross-entropy rewrites float32 logits in place: read them first."""
+
+
 def forward(
-    model: GPTModel, batch: Batch, mode: str, loss_scaling_factor: float, keep_logits: bool = False
+    model: GPTModel,
+    batch: Batch,
+    mode: str,
+    loss_scaling_factor: float,
+    keep_logits: bool = False,
+    lm_loss: LMLoss | None = None,
 ) -> ForwardOutput:
-    """One forward of trunk (+ MTP unless disabled); returns the losses for ``mode``."""
+    """One forward of trunk (+ MTP unless disabled); returns the losses for ``mode``.
+
+    ``lm_loss`` replaces the trunk's loss (default: the masked-mean next-token cross-entropy); the
+    RL policy step plugs its GRPO loss in here. The MTP losses, the cuts and the total are the same
+    whatever the trunk's loss is: ``loss = lm_loss + (factor / D) * sum_d mtp_d`` (MTP skipped in
+    ``disabled``), and in ``standalone`` no MTP gradient reaches the trunk."""
     mask = batch.loss_mask.float()
     decoder_input, rotary_pos_emb = model._preprocess(input_ids=batch.input_ids, position_ids=batch.position_ids)[:2]
     hidden = model.decoder(
@@ -136,8 +151,11 @@ def forward(
     # Read logits before the loss: Megatron's vocab-parallel cross-entropy rewrites them in place.
     lm_correct, lm_tokens = _top1(logits, batch.labels, mask)
     kept = logits.detach().clone() if keep_logits else None
-    lm_loss = _masked_mean(model.compute_language_model_loss(batch.labels, logits), mask)
-    out = ForwardOutput(loss=lm_loss, lm_loss=lm_loss, lm_correct=lm_correct, lm_tokens=lm_tokens, lm_logits=kept)
+    if lm_loss is None:
+        lm = _masked_mean(model.compute_language_model_loss(batch.labels, logits), mask)
+    else:
+        lm = lm_loss(logits)
+    out = ForwardOutput(loss=lm, lm_loss=lm, lm_correct=lm_correct, lm_tokens=lm_tokens, lm_logits=kept)
 
     mtp_block = getattr(model, "mtp", None)
     if mode == DISABLED or mtp_block is None:
@@ -157,7 +175,7 @@ def forward(
 
     depth_scale = loss_scaling_factor / len(mtp_block.layers)
     ids, pos = batch.input_ids, batch.position_ids
-    total = lm_loss
+    total = lm
     for d, layer in enumerate(mtp_block.layers, start=1):
         h, ids, pos = layer(
             input_ids=ids,

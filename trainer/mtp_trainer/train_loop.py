@@ -46,6 +46,21 @@ def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay, eps=1e-8)
 
 
+def allreduce_grads(model: nn.Module, group: Any = None) -> None:
+    """Average every gradient over the data-parallel group (Megatron's, unless ``group`` is given);
+    a no-op without torch.distributed or with one rank. Used by SFT and by the RL policy step."""
+    if not dist.is_initialized():
+        return
+    group = group if group is not None else ps.get_data_parallel_group()
+    size = dist.get_world_size(group)
+    if size == 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, group=group)
+            p.grad.div_(size)
+
+
 @dataclass
 class _Sums:
     lm_loss: float = 0.0
@@ -145,16 +160,7 @@ class Trainer:
         )
 
     def _allreduce_grads(self) -> None:
-        if not dist.is_initialized():
-            return
-        group = ps.get_data_parallel_group()
-        size = dist.get_world_size(group)
-        if size == 1:
-            return
-        for p in self.model.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad, group=group)
-                p.grad.div_(size)
+        allreduce_grads(self.model)
 
     @torch.no_grad()
     def evaluate(self, step: int, max_batches: int | None = None) -> StepRecord | None:

@@ -1,0 +1,433 @@
+"""The GRPO policy update on the Megatron GPTModel, with the MTP head per training mode.
+
+One call of :func:`rl_step` takes this rank's rollout sequences (prompt + sampled response), their
+advantages and (optionally) the generating policy's log-probabilities, and runs ``mini_batches``
+optimizer steps. The forward is ``mtp_modes.forward`` with the GRPO loss plugged in as the trunk's
+loss, so the three MTP modes keep exactly the cuts they have in SFT (docs/mtp-training-modes.md):
+
+- ``standalone``: the MTP head trains on the same rollout sequences with its own cross-entropy on the
+  response tokens, through the three cuts; the trunk's gradient is the GRPO gradient alone.
+- ``disabled``: the MTP forward is skipped and its (frozen) weights never change.
+- ``joint``: the MTP cross-entropy is added with the scaling factor and reaches the trunk.
+
+Old log-probabilities: when the caller passes none, they are recomputed by the trainer, under
+``no_grad``, on the weights before the first update of the step, with the same micro-batches as
+the update (so with one mini-batch the ratio is exactly 1 and the clip is inactive; with more, the
+later mini-batches are off-policy by the earlier updates and the clip bounds them).
+
+Data parallel: each rank passes its own share of the sequences; the policy loss is normalised by the
+mini-batch's response-token count summed over ranks, the gradients are averaged with
+``train_loop.allreduce_grads`` (the SFT loop's), and the statistics are reduced over the group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from torch import Tensor, nn
+
+from mtp_trainer import mtp_modes
+from mtp_trainer.data import causal_batch
+from mtp_trainer.mtp_modes import Batch
+from mtp_trainer.rl import grpo
+from mtp_trainer.rl.grpo import GRPOConfig
+from mtp_trainer.train_loop import allreduce_grads
+
+
+@dataclass(frozen=True)
+class RolloutSequence:
+    """One sampled sequence: the prompt's token ids (chat template applied, as the rollout saw them)
+    and the response's (what the policy generated, end-of-turn token included if it was sampled)."""
+
+    prompt: Sequence[int]
+    response: Sequence[int]
+
+
+PerToken = Tensor | Sequence[Sequence[float]]
+
+
+# ------------------------------------------------------------------------------------- batches
+
+
+def build_batch(sequences: Sequence[RolloutSequence], pad_id: int = 0) -> Batch:
+    """Prompt + response, right-padded to the longest sequence, as a ``data.causal_batch``:
+    ``labels[i]`` is token ``i+1`` and ``loss_mask[i]`` is 1 exactly where token ``i+1`` is a
+    response token (the prompt and the padding never count). Shape ``[b, L - 1]`` with ``L`` the
+    longest ``len(prompt) + len(response)``."""
+    if not sequences:
+        raise ValueError("no rollout sequences")
+    for k, seq in enumerate(sequences):
+        if len(seq.prompt) < 1:
+            raise ValueError(f"sequence {k}: the prompt is empty (the first response token needs a position)")
+    width = max(max(len(s.prompt) + len(s.response) for s in sequences), 2)
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    target = torch.zeros((len(sequences), width - 1))
+    for k, seq in enumerate(sequences):
+        p, r = len(seq.prompt), len(seq.response)
+        tokens[k, : p + r] = torch.tensor([*seq.prompt, *seq.response], dtype=torch.long)
+        target[k, p - 1 : p - 1 + r] = 1.0
+    return causal_batch(tokens, target)
+
+
+def per_token(sequences: Sequence[RolloutSequence], values: PerToken, width: int) -> Tensor:
+    """Per-response-token values (one list per sequence, ``len(response)`` long, e.g. vLLM's sampled
+    log-probs) laid out like :func:`build_batch`'s labels ``[b, width]`` (0 elsewhere). A tensor is
+    taken as already laid out."""
+    if isinstance(values, Tensor):
+        if values.shape != (len(sequences), width):
+            raise ValueError(f"per-token tensor has shape {tuple(values.shape)}, expected {(len(sequences), width)}")
+        return values.float()
+    out = torch.zeros((len(sequences), width))
+    for k, (seq, v) in enumerate(zip(sequences, values, strict=True)):
+        if len(v) != len(seq.response):
+            raise ValueError(f"sequence {k}: {len(v)} per-token values for {len(seq.response)} response tokens")
+        p = len(seq.prompt)
+        out[k, p - 1 : p - 1 + len(v)] = torch.tensor([float(x) for x in v])
+    return out
+
+
+def _rows(batch: Batch, idx: Tensor) -> Batch:
+    return Batch(*(getattr(batch, f)[idx] for f in batch.__dataclass_fields__))
+
+
+def _chunks(n: int, parts: int) -> list[Tensor]:
+    return [c for c in torch.arange(n).tensor_split(parts) if len(c)]
+
+
+def _micro_chunks(rows: Tensor, micro_batch_size: int) -> list[Tensor]:
+    if micro_batch_size <= 0 or micro_batch_size >= len(rows):
+        return [rows]
+    return list(rows.split(micro_batch_size))
+
+
+# ------------------------------------------------------------------------------------- per-token forward
+
+
+def token_logprobs(model: Any, logits: Tensor, labels: Tensor) -> Tensor:
+    """``log p(labels)`` ``[b, s]`` from vocab-parallel logits ``[s, b, v/tp]`` with gradient: minus
+    Megatron's vocab-parallel cross-entropy (TP-aware, float32). It rewrites float32 logits in place."""
+    return -model.compute_language_model_loss(labels, logits)
+
+
+def _tp_group() -> Any:
+    if ps.model_parallel_is_initialized() and ps.get_tensor_model_parallel_world_size() > 1:
+        return ps.get_tensor_model_parallel_group()
+    return None
+
+
+@torch.no_grad()
+def vocab_parallel_entropy(logits: Tensor) -> Tensor:
+    """Entropy of the full next-token distribution ``[b, s]`` from vocab-parallel logits
+    ``[s, b, v/tp]``, without gathering the vocabulary: max, sum exp and sum exp * logit are
+    all-reduced over the tensor-parallel group (``H = log S - sum(e z) / S``, ``z = x - max``)."""
+    x = logits.float()
+    group = _tp_group()
+    top = x.max(dim=-1).values
+    if group is not None:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+    z = x - top[..., None]
+    e = torch.exp(z)
+    sums = torch.stack([e.sum(dim=-1), (e * z).sum(dim=-1)])
+    if group is not None:
+        dist.all_reduce(sums, group=group)
+    return (torch.log(sums[0]) - sums[1] / sums[0]).transpose(0, 1)
+
+
+@torch.no_grad()
+def _batch_logprobs(model: Any, batch: Batch) -> Tensor:
+    """Per-token log-probs of ``batch.labels`` from the trunk alone (the MTP forward is skipped)."""
+    got: list[Tensor] = []
+
+    def lm_loss(logits: Tensor) -> Tensor:
+        logp = token_logprobs(model, logits, batch.labels)
+        got.append(logp)
+        return logp.sum()
+
+    mtp_modes.forward(model, batch, mtp_modes.DISABLED, 0.0, lm_loss=lm_loss)
+    return got[0].float()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: Any, sequences: Sequence[RolloutSequence], pad_id: int = 0, micro_batch_size: int = 0
+) -> Tensor:
+    """Per-token ``log p(token i+1 | tokens <= i)`` ``[b, L - 1]`` (float32, on CPU) under ``model``,
+    laid out like :func:`build_batch`; meaningful where its ``loss_mask`` is 1 (and on the prompt),
+    not on the padding. For the old-policy and reference log-probs."""
+    batch = build_batch(sequences, pad_id)
+    return _logprobs_in_chunks(model, batch, [torch.arange(len(sequences))], micro_batch_size)
+
+
+def _logprobs_in_chunks(model: Any, batch: Batch, minis: list[Tensor], micro_batch_size: int) -> Tensor:
+    """Log-probs computed with exactly the micro-batches that the update will use, so that a
+    recomputed old log-prob equals the update's first forward bit for bit."""
+    device = _device(model)
+    out = torch.zeros(batch.labels.shape)
+    for mini in minis:
+        for rows in _micro_chunks(mini, micro_batch_size):
+            out[rows] = _batch_logprobs(model, _rows(batch, rows).to(device)).cpu()
+    return out
+
+
+def frozen_reference(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
+    """A frozen copy of ``model`` for the KL term (make one only when ``kl_coef > 0``): ``build()``
+    must return a fresh model of the same architecture (e.g. ``ModelProvider(...).provide``; Megatron
+    modules hold process groups, which ``copy.deepcopy`` cannot copy). Eval mode, no gradients."""
+    ref = build()
+    ref.load_state_dict(model.state_dict())
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+# ------------------------------------------------------------------------------------- the step
+
+
+@dataclass
+class _Acc:
+    """Sums of one RL step (this rank), reduced over the data-parallel group at the end."""
+
+    pg_loss: float = 0.0
+    tokens: float = 0.0
+    clip: float = 0.0
+    kl_old: float = 0.0
+    kl_ref: float = 0.0
+    ratio: float = 0.0
+    entropy: float = 0.0
+    micro: int = 0
+    mtp_loss: list[float] | None = None
+    mtp_correct: list[float] | None = None
+    mtp_tokens: list[float] | None = None
+
+    def add_mtp(self, out: mtp_modes.ForwardOutput) -> None:
+        d = len(out.mtp_losses)
+        if self.mtp_loss is None:
+            self.mtp_loss, self.mtp_correct, self.mtp_tokens = [0.0] * d, [0.0] * d, [0.0] * d
+        assert self.mtp_correct is not None and self.mtp_tokens is not None
+        for i in range(d):
+            self.mtp_loss[i] += float(out.mtp_losses[i].detach())
+            self.mtp_correct[i] += out.mtp_correct[i]
+            self.mtp_tokens[i] += out.mtp_tokens[i]
+
+
+def _reduce(values: list[float], group: Any) -> list[float]:
+    vec = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(vec, group=group)
+    return vec.tolist()
+
+
+def _dp(dp_group: Any) -> tuple[Any, int]:
+    if dp_group is None and dist.is_initialized() and ps.model_parallel_is_initialized():
+        dp_group = ps.get_data_parallel_group()
+    size = dist.get_world_size(dp_group) if dp_group is not None and dist.is_initialized() else 1
+    return dp_group, size
+
+
+def _grpo_lm_loss(
+    model: Any,
+    mb: Batch,
+    old: Tensor,
+    adv: Tensor,
+    ref: Tensor | None,
+    cfg: GRPOConfig,
+    n_tokens: float,
+    scale: float,
+    stats: dict[str, float],
+    entropy: list[Tensor],
+) -> mtp_modes.LMLoss:
+    """The GRPO loss as ``mtp_modes.forward``'s trunk loss; fills ``stats`` and ``entropy``."""
+
+    def lm_loss(logits: Tensor) -> Tensor:
+        if cfg.log_entropy:  # before the cross-entropy, which rewrites float32 logits
+            entropy.append(vocab_parallel_entropy(logits))
+        logp = token_logprobs(model, logits, mb.labels)
+        loss, st = grpo.policy_loss(
+            logp,
+            old,
+            adv,
+            mb.loss_mask,
+            cfg.clip_low,
+            cfg.clip_high,
+            ref_logp=ref,
+            kl_coef=cfg.kl_coef,
+            num_tokens=n_tokens,
+        )
+        stats.update(st, loss=float(loss.detach()))
+        # Averaging gradients over dp ranks must give the sum over ranks / n_tokens.
+        return loss * scale if scale != 1 else loss
+
+    return lm_loss
+
+
+def rl_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    sequences: Sequence[RolloutSequence],
+    advantages: Tensor | Sequence[float],
+    old_logp: PerToken | None,
+    cfg: GRPOConfig,
+    *,
+    mode: str,
+    mtp_loss_scaling_factor: float = 0.3,
+    clip_grad: float = 1.0,
+    ref_model: Any | None = None,
+    pad_id: int = 0,
+    dp_group: Any = None,
+) -> dict[str, Any]:
+    """One GRPO update: ``cfg.mini_batches`` optimizer steps over this rank's ``sequences``.
+
+    ``advantages``: one per sequence (``[b]``, e.g. ``group_advantages(...).flatten()``) or per
+    token ``[b, L - 1]`` in :func:`build_batch`'s layout. ``old_logp``: the generating policy's
+    log-prob of every response token (one list per sequence, or a tensor in the batch layout), or
+    ``None``: recomputed here under ``no_grad`` before the first update. ``ref_model``: the frozen
+    reference (only used when ``cfg.kl_coef > 0``). The learning rate is the optimizer's as set by
+    the caller; gradients are clipped per ``mtp_modes.clip_groups(model, mode)`` (``clip_grad`` 0 =
+    no clip). The model is left in train mode and with the last mini-batch's gradients.
+
+    Returns floats (means over the response tokens of the step, over all data-parallel ranks):
+    ``policy_loss`` (the clipped surrogate, plus the KL term if on, mean over mini-batches), ``pg_loss``,
+    ``entropy`` (nan if ``cfg.log_entropy`` is off), ``clip_fraction``, ``kl_old`` (k3 to the
+    generating policy), ``kl_ref`` (k3 to the reference, when a reference is used), ``ratio_mean``,
+    ``mtp_loss`` / ``mtp_agreement`` (lists, one per depth, on the response tokens; empty in
+    ``disabled``), ``grad_norm`` (list, one per clip group, mean over mini-batches, before clipping),
+    ``response_length_mean``, ``tokens`` (response tokens), ``sequences``, ``mini_batches``.
+    """
+    b = len(sequences)
+    if b < cfg.mini_batches:
+        raise ValueError(f"{b} sequences cannot make {cfg.mini_batches} mini-batches")
+    if mode not in mtp_modes.MODES:
+        raise ValueError(f"mode {mode!r}: use one of {', '.join(mtp_modes.MODES)}")
+    group, dp_size = _dp(dp_group)
+    device = _device(model)
+    model.train()
+    batch = build_batch(sequences, pad_id)
+    width = batch.labels.shape[1]
+    adv = advantages if isinstance(advantages, Tensor) else torch.tensor([float(a) for a in advantages])
+    adv = adv.float().cpu()
+    if adv.shape not in ((b,), (b, width)):
+        raise ValueError(f"advantages have shape {tuple(adv.shape)}, expected {(b,)} or {(b, width)}")
+    minis = _chunks(b, cfg.mini_batches)
+    old = (
+        _logprobs_in_chunks(model, batch, minis, cfg.micro_batch_size)
+        if old_logp is None
+        else per_token(sequences, old_logp, width)
+    )
+    use_ref = ref_model is not None and cfg.kl_coef > 0
+    ref = _logprobs_in_chunks(ref_model, batch, minis, cfg.micro_batch_size) if use_ref else None
+
+    acc = _Acc()
+    policy_losses: list[float] = []
+    norms: list[list[float]] = []
+    for mini in minis:
+        optimizer.zero_grad(set_to_none=True)
+        micros = _micro_chunks(mini, cfg.micro_batch_size)
+        # The token-level mean over the whole mini-batch, all ranks: each piece divides by this.
+        n_tokens = max(_reduce([float(batch.loss_mask[mini].sum())], group)[0], 1.0)
+        mini_loss = 0.0
+        for rows in micros:
+            mb = _rows(batch, rows).to(device)
+            stats: dict[str, float] = {}
+            entropy: list[Tensor] = []
+
+            lm_loss = _grpo_lm_loss(
+                model,
+                mb,
+                old[rows].to(device),
+                adv[rows].to(device),
+                ref[rows].to(device) if ref is not None else None,
+                cfg,
+                n_tokens,
+                dp_size,
+                stats,
+                entropy,
+            )
+            # The MTP depth losses are per-micro-batch means (the SFT convention): average them.
+            out = mtp_modes.forward(model, mb, mode, mtp_loss_scaling_factor / len(micros), lm_loss=lm_loss)
+            out.loss.backward()
+            t = stats["tokens"]
+            acc.tokens += t
+            acc.pg_loss += stats["pg_loss"]
+            mini_loss += stats["loss"]
+            acc.clip += stats["clip_fraction"] * t
+            acc.kl_old += stats["approx_kl"] * t
+            acc.ratio += stats["ratio_mean"] * t
+            acc.kl_ref += stats.get("kl_ref", 0.0) * t
+            if entropy:
+                acc.entropy += float((entropy[0] * mb.loss_mask).sum())
+            acc.micro += 1
+            if out.mtp_losses:
+                acc.add_mtp(out)
+        allreduce_grads(model, group)
+        step_norms = []
+        for params in mtp_modes.clip_groups(model, mode):
+            with_grad = [p for p in params if p.grad is not None]
+            if with_grad:
+                limit = clip_grad if clip_grad > 0 else float("inf")
+                step_norms.append(float(torch.nn.utils.clip_grad_norm_(with_grad, limit)))
+        norms.append(step_norms)
+        optimizer.step()
+        policy_losses.append(mini_loss)
+
+    return _summary(acc, policy_losses, norms, sequences, group, use_ref, cfg)
+
+
+def _summary(
+    acc: _Acc,
+    policy_losses: list[float],
+    norms: list[list[float]],
+    sequences: Sequence[RolloutSequence],
+    group: Any,
+    use_ref: bool,
+    cfg: GRPOConfig,
+) -> dict[str, Any]:
+    d = len(acc.mtp_loss or [])
+    lengths = float(sum(len(s.response) for s in sequences))
+    red = _reduce(
+        [
+            acc.tokens,
+            acc.clip,
+            acc.kl_old,
+            acc.kl_ref,
+            acc.ratio,
+            acc.entropy,
+            float(acc.micro),
+            lengths,
+            float(len(sequences)),
+            sum(policy_losses),
+            acc.pg_loss,
+            *(acc.mtp_loss or []),
+            *(acc.mtp_correct or []),
+            *(acc.mtp_tokens or []),
+        ],
+        group,
+    )
+    tokens, micro, n_seq = max(red[0], 1.0), max(red[6], 1.0), max(red[8], 1.0)
+    n_mini = len(policy_losses)
+    stats: dict[str, Any] = {
+        "policy_loss": red[9] / n_mini,
+        "pg_loss": red[10] / n_mini,
+        "entropy": red[5] / tokens if cfg.log_entropy else float("nan"),
+        "clip_fraction": red[1] / tokens,
+        "kl_old": red[2] / tokens,
+        "ratio_mean": red[4] / tokens,
+        "mtp_loss": [red[11 + i] / micro for i in range(d)],
+        "mtp_agreement": [red[11 + d + i] / max(red[11 + 2 * d + i], 1.0) for i in range(d)],
+        "grad_norm": [sum(col) / len(col) for col in zip(*norms, strict=True)] if norms else [],
+        "response_length_mean": red[7] / n_seq,
+        "tokens": red[0],
+        "sequences": red[8],
+        "mini_batches": n_mini,
+    }
+    if use_ref:
+        stats["kl_ref"] = red[3] / tokens
+    return stats
