@@ -133,10 +133,18 @@ def test_unchanged_inputs_give_an_identical_status() -> None:
 
 
 def test_transition_time_moves_only_on_change() -> None:
+    def times(st: t.MTPTrainingJobStatus) -> dict[str, tuple[str, str | None]]:
+        return {str(c.type): (c.status, c.last_transition_time) for c in st.conditions}
+
     a = compute_status(job(), None, children(0, 0), JobMetrics(), T0, generation=1)
-    b = compute_status(job(), a, children(1, 1), JobMetrics(), T0 + datetime.timedelta(minutes=5), generation=1)
-    times = {str(c.type): c.last_transition_time for c in b.conditions}
-    assert times["Created"] == "2026-01-01T00:00:00Z" and times["Running"] == "2026-01-01T00:05:00Z"
+    assert times(a) == {"Created": ("True", "2026-01-01T00:00:00Z"), "Running": ("False", "2026-01-01T00:00:00Z")}
+    # the trainer gets ready, the rollout not yet: Running stays False (only its message changes), no time moves
+    b = compute_status(job(), a, children(1, 0), JobMetrics(), T0 + datetime.timedelta(minutes=5), generation=1)
+    assert [c.message for c in b.conditions if c.type == "Running"] == ["trainer 1/1 ready"]
+    assert times(b) == times(a)
+    # all ready: Running turns True, and only Running's time moves
+    c = compute_status(job(), b, children(1, 1), JobMetrics(), T0 + datetime.timedelta(minutes=10), generation=1)
+    assert times(c) == {"Created": ("True", "2026-01-01T00:00:00Z"), "Running": ("True", "2026-01-01T00:10:00Z")}
 
 
 def test_terminal_state_sticks_while_numbers_move() -> None:
