@@ -11,13 +11,14 @@ import torch
 
 from mtp_trainer import mtp_modes
 from mtp_trainer.config import ModelConfig, TrainerConfig
-from mtp_trainer.rl.grpo import GRPOConfig
+from mtp_trainer.rl.grpo import GRPOConfig, entropy_from_logits
 from mtp_trainer.rl.policy_step import (
     RolloutSequence,
     build_batch,
     frozen_reference,
     rl_step,
     sequence_logprobs,
+    vocab_parallel_entropy,
 )
 from mtp_trainer.train_loop import build_optimizer
 
@@ -129,6 +130,9 @@ def test_sequence_logprobs_equal_plain_gpt_model_log_softmax() -> None:
     for k, s in enumerate(seqs):
         n = len(s.prompt) + len(s.response) - 1  # every real position, prompt included
         torch.testing.assert_close(got[k, :n], expected[k, :n], rtol=0, atol=1e-5)
+    # The step's entropy (vocab-parallel form, [s, b, v] in) equals the full-vocabulary one.
+    ent = vocab_parallel_entropy(logits.transpose(0, 1).contiguous())
+    torch.testing.assert_close(ent, entropy_from_logits(logits), rtol=1e-5, atol=1e-5)
 
 
 def test_recomputed_old_logprobs_give_ratio_exactly_one() -> None:
