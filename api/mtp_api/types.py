@@ -526,6 +526,17 @@ class RolloutStatus(ApiModel):
     tokens_per_second: float | None = Field(default=None, ge=0.0)
 
 
+class RLStatus(ApiModel):
+    """rlvr: the latest RL step of trainer rank 0; acceptance is the rollout's during that step's generation."""
+
+    step: int | None = Field(default=None, ge=0)
+    reward_mean: float | None = None
+    accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
+    acceptance_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    mean_acceptance_length: float | None = Field(default=None, ge=0.0)
+    weight_version: int | None = Field(default=None, ge=0)
+
+
 class MTPTrainingJobStatus(ApiModel):
     state: JobState | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -535,6 +546,7 @@ class MTPTrainingJobStatus(ApiModel):
     restarts: int = Field(default=0, ge=0)
     trainer: TrainerStatus | None = None
     rollout: RolloutStatus | None = None
+    rl: RLStatus | None = None
 
 
 class ObjectMeta(ApiModel):

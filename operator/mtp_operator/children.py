@@ -15,7 +15,11 @@ from mtp_api import types as t
 from mtp_operator import names
 from mtp_operator.builders.configmap import build_config_map
 from mtp_operator.builders.rollout import build_rollout_deployment
-from mtp_operator.builders.services import build_rollout_service, build_trainer_service
+from mtp_operator.builders.services import (
+    build_rollout_peers_service,
+    build_rollout_service,
+    build_trainer_service,
+)
 from mtp_operator.builders.trainer import build_trainer_statefulset
 
 
@@ -54,7 +58,8 @@ def rollout_config_hash(job: t.MTPTrainingJob) -> str:
 
 
 def desired_children(job: t.MTPTrainingJob, scale: Scale = Scale()) -> list[dict[str, Any]]:
-    """ConfigMap, headless Service, StatefulSet and, with a rollout, its Deployment and Service.
+    """ConfigMap, headless Service, StatefulSet and, with a rollout, its Service and Deployment; for
+    rlvr also the rollout's headless peers Service, through which trainer rank 0 reaches each replica.
 
     Order matters for a first apply: the ConfigMap and Services exist before the pods that use them.
     """
@@ -66,10 +71,12 @@ def desired_children(job: t.MTPTrainingJob, scale: Scale = Scale()) -> list[dict
         ),
     ]
     if job.spec.rollout is not None:
-        out += [
-            build_rollout_service(job),
+        out.append(build_rollout_service(job))
+        if job.spec.pipeline == t.Pipeline.RLVR:
+            out.append(build_rollout_peers_service(job))
+        out.append(
             build_rollout_deployment(
                 job, replicas=job.spec.rollout.replicas if scale.rollout else 0, config_hash=rollout_config_hash(job)
-            ),
-        ]
+            )
+        )
     return [_stamp(o) for o in out]

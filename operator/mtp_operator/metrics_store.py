@@ -2,13 +2,14 @@
 
 Status must be a pure function of the job, its observed children and the latest metrics, so the
 scrapers do not write status themselves: they put what they read here, and the next reconcile
-(an event or the resync timer) copies it into ``status.trainer`` / ``status.rollout``.
+(an event or the resync timer) copies it into ``status.trainer`` / ``status.rollout`` / ``status.rl``.
 
 The seam for scrapers (e.g. a Kopf daemon running ``mtp_rollout.collector`` per job)::
 
     store = memo.metrics            # the one LatestMetrics of this operator, set at startup
     store.put_rollout(namespace, name, t.RolloutStatus(acceptance_rate=..., ...))
     store.put_trainer(namespace, name, t.TrainerStatus(step=..., lm_loss=..., mtp_loss=...))
+    store.put_rl(namespace, name, t.RLStatus(step=..., reward_mean=..., accuracy=...))
 
 ``ready_replicas`` in what is put is ignored: replica counts come from the observed children.
 The store is thread-safe, so a scraper may also run in a thread.
@@ -26,10 +27,11 @@ JobKey = tuple[str, str]
 
 @dataclass(frozen=True)
 class JobMetrics:
-    """What is known about one job; either part may be missing."""
+    """What is known about one job; any part may be missing (``rl`` is there only for rlvr jobs)."""
 
     trainer: t.TrainerStatus | None = None
     rollout: t.RolloutStatus | None = None
+    rl: t.RLStatus | None = None
 
 
 class LatestMetrics:
@@ -39,6 +41,7 @@ class LatestMetrics:
         self._lock = threading.Lock()
         self._trainer: dict[JobKey, t.TrainerStatus] = {}
         self._rollout: dict[JobKey, t.RolloutStatus] = {}
+        self._rl: dict[JobKey, t.RLStatus] = {}
 
     def put_trainer(self, namespace: str, name: str, values: t.TrainerStatus) -> None:
         with self._lock:
@@ -48,15 +51,21 @@ class LatestMetrics:
         with self._lock:
             self._rollout[(namespace, name)] = values.model_copy()
 
-    def get(self, namespace: str, name: str) -> JobMetrics:
+    def put_rl(self, namespace: str, name: str, values: t.RLStatus) -> None:
         with self._lock:
-            return JobMetrics(self._trainer.get((namespace, name)), self._rollout.get((namespace, name)))
+            self._rl[(namespace, name)] = values.model_copy()
+
+    def get(self, namespace: str, name: str) -> JobMetrics:
+        key = (namespace, name)
+        with self._lock:
+            return JobMetrics(self._trainer.get(key), self._rollout.get(key), self._rl.get(key))
 
     def drop(self, namespace: str, name: str) -> None:
         with self._lock:
             self._trainer.pop((namespace, name), None)
             self._rollout.pop((namespace, name), None)
+            self._rl.pop((namespace, name), None)
 
     def __len__(self) -> int:
         with self._lock:
-            return len(set(self._trainer) | set(self._rollout))
+            return len(set(self._trainer) | set(self._rollout) | set(self._rl))

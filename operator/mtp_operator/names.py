@@ -48,6 +48,12 @@ def rollout(job: t.MTPTrainingJob) -> str:
     return f"{job.metadata.name}-rollout"
 
 
+def rollout_peers(job: t.MTPTrainingJob) -> str:
+    """rlvr: the rollout's headless Service, whose DNS A records are the ready replicas that trainer
+    rank 0 generates with and syncs weights into, one by one (the ClusterIP Service would balance)."""
+    return f"{job.metadata.name}-rollout-peers"
+
+
 def selector(job: t.MTPTrainingJob, component: str) -> dict[str, str]:
     """The immutable pod selector of a workload: only labels that never change for a job."""
     return {LABEL_JOB: job.metadata.name, LABEL_COMPONENT: component}

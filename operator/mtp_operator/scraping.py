@@ -6,7 +6,9 @@ A per-job Kopf daemon (``handlers.py``) calls ``JobScraper.round`` every ``scrap
   (windowed, reset-aware acceptance figures; every pod failure is bounded by a timeout and costs
   one log line) and publishes the figures through ``AcceptanceExporter`` on the operator's own
   ``/metrics``, labelled by namespace and job;
-- the trainer half reads rank 0's ``mtp_trainer_*`` gauges (step, train lm loss, train MTP loss).
+- the trainer half reads rank 0's ``mtp_trainer_*`` gauges (step, train lm loss, train MTP loss)
+  and, for rlvr, its ``mtp_trainer_rl_*`` gauges of the latest RL step (reward, accuracy,
+  acceptance during the step's generation, weight version).
 
 Nothing here writes status. What goes into ``LatestMetrics`` is the rounded summary of
 ``mtp_rollout.status``, and only when ``StatusWritePolicy`` says it is worth a write, so the next
@@ -19,6 +21,8 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
+
+from pydantic import ValidationError
 
 from mtp_api import types as t
 from mtp_operator import names
@@ -78,6 +82,53 @@ def trainer_status(text: str) -> t.TrainerStatus | None:
     return t.TrainerStatus(step=int(step), lm_loss=lm, mtp_loss=sum(mtp) / len(mtp) if mtp else None)
 
 
+# rank 0's RL gauges (trainer/mtp_trainer/rl/metrics.py) -> RLStatus fields; reward and accuracy are
+# read for split="train" (the step's own samples), not the held-out validation figures.
+RL_REWARD_MEAN = "mtp_trainer_rl_reward_mean"
+RL_ACCURACY = "mtp_trainer_rl_accuracy"
+RL_GAUGES = {
+    RL_REWARD_MEAN: "reward_mean",
+    RL_ACCURACY: "accuracy",
+    "mtp_trainer_rl_acceptance_rate": "acceptance_rate",
+    "mtp_trainer_rl_mean_acceptance_length": "mean_acceptance_length",
+    "mtp_trainer_rl_weight_version": "weight_version",
+}
+SPLIT_GAUGES = (RL_REWARD_MEAN, RL_ACCURACY)
+INTEGER_FIELDS = ("step", "weight_version")
+
+
+def rl_status(text: str) -> t.RLStatus | None:
+    """The latest RL step's figures from rank 0's exposition, unrounded (status rounds).
+
+    The step is ``mtp_trainer_step``, which an rlvr trainer sets to the RL step it last recorded
+    (warm-up steps never move it). None until the first RL step has been recorded (no RL gauge
+    yet: still warming up, or not an rlvr trainer). A value outside its field's range (an
+    accuracy above 1) drops that one field, with a log line, rather than the whole block."""
+    step: float | None = None
+    values: dict[str, float] = {}
+    for s in parse(text).samples:
+        if not math.isfinite(s.value):
+            continue
+        if s.name == "mtp_trainer_step":
+            step = s.value
+        elif s.name in RL_GAUGES and (s.name not in SPLIT_GAUGES or s.label("split") in (None, "train")):
+            values[RL_GAUGES[s.name]] = s.value
+    if not values:
+        return None
+    if step is not None:
+        values["step"] = step
+    fields: dict[str, float] = {}
+    for key, value in values.items():
+        value = int(value) if key in INTEGER_FIELDS else value
+        try:
+            t.RLStatus.model_validate({key: value})
+        except ValidationError:
+            log.warning("trainer RL gauge for %s out of range: %r", key, value)
+            continue
+        fields[key] = value
+    return t.RLStatus.model_validate(fields)
+
+
 class JobScraper:
     """The scraping state of one job: its acceptance window and what was last put in the store."""
 
@@ -128,6 +179,9 @@ class JobScraper:
         except Exception as exc:  # noqa: BLE001 - a failing trainer pod costs one log line
             log.warning("scrape of trainer %s/%s at %s failed: %s", *self.key, url, str(exc) or type(exc).__name__)
             return
+        rl = rl_status(text)
+        if rl is not None:
+            self._store.put_rl(*self.key, rl)
         status = trainer_status(text)
         if status is None:
             log.warning("scrape of trainer %s/%s at %s: no mtp_trainer_step series", *self.key, url)

@@ -52,6 +52,8 @@ def children_present(job: t.MTPTrainingJob, observed: Observed) -> bool:
     want = [("ConfigMap", names.config_map(job)), ("Service", names.trainer(job)), ("StatefulSet", names.trainer(job))]
     if job.spec.rollout is not None:
         want += [("Service", names.rollout(job)), ("Deployment", names.rollout(job))]
+        if job.spec.pipeline == t.Pipeline.RLVR:
+            want.append(("Service", names.rollout_peers(job)))
     return all(observed.child(kind, name) is not None for kind, name in want)
 
 
@@ -169,6 +171,17 @@ def _rollout_status(ready: int, metrics: JobMetrics) -> t.RolloutStatus:
     )
 
 
+def _rl_status(m: t.RLStatus) -> t.RLStatus:
+    return m.model_copy(
+        update={
+            "reward_mean": _r(m.reward_mean, RATE_DIGITS),
+            "accuracy": _r(m.accuracy, RATE_DIGITS),
+            "acceptance_rate": _r(m.acceptance_rate, RATE_DIGITS),
+            "mean_acceptance_length": _r(m.mean_acceptance_length, RATE_DIGITS),
+        }
+    )
+
+
 def compute_status(
     job: t.MTPTrainingJob,
     old: t.MTPTrainingJobStatus | None,
@@ -187,8 +200,11 @@ def compute_status(
             update={"step": old.trainer.step, "lm_loss": old.trainer.lm_loss, "mtp_loss": old.trainer.mtp_loss}
         )
     rollout = _rollout_status(rollout_ready, metrics) if job.spec.rollout is not None else None
+    rl = None  # rlvr: the latest RL step rank 0 reported, kept while rank 0 cannot be scraped
+    if job.spec.pipeline == t.Pipeline.RLVR:
+        rl = _rl_status(metrics.rl) if metrics.rl is not None else old.rl if old is not None else None
     if old is not None and old.state in t.TERMINAL_STATES:
-        return old.model_copy(update={"trainer": trainer, "rollout": rollout})
+        return old.model_copy(update={"trainer": trainer, "rollout": rollout, "rl": rl})
     start = _parse(old.start_time) if old else None
     if start is None and not job.spec.run_policy.suspend and invalid is None:
         start = now
@@ -203,4 +219,5 @@ def compute_status(
         restarts=observed.trainer_restarts(),
         trainer=trainer,
         rollout=rollout,
+        rl=rl,
     )

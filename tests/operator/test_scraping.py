@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from mtp_api import types as t
 from mtp_operator.metrics_store import LatestMetrics
 from mtp_operator.observed import PodState
-from mtp_operator.scraping import JobScraper, rollout_targets, trainer_status, trainer_url
+from mtp_operator.scraping import RL_GAUGES, JobScraper, rl_status, rollout_targets, trainer_status, trainer_url
 from mtp_operator.settings import OperatorConfig
 from mtp_rollout import metric_names as mn
 from mtp_rollout.exporter import AcceptanceExporter
@@ -59,6 +59,77 @@ def test_trainer_status_from_the_trainers_own_exposition(tmp_path: Path) -> None
     assert trainer_status(text) == t.TrainerStatus(step=42, lm_loss=2.5, mtp_loss=3.5)
     assert trainer_status("garbage {{{\nmtp_trainer_step NaN\n") is None
     assert trainer_status("") is None
+
+
+def _rl_record(step: int, **over: object) -> object:
+    from mtp_trainer.rl.metrics import RLStepRecord
+
+    fields: dict[str, object] = dict(
+        step=step, weight_version=step, reward_mean=0.4375, reward_std=0.5, accuracy=0.40625, parse_failures=3,
+        samples=64, response_length_mean=21.5, policy_loss=-0.01, entropy=0.9, clip_fraction=0.02, kl_old=0.001,
+        kl_ref=None, mtp_loss=[1.5], mtp_agreement=[0.8], grad_norm=[1.0], learning_rate=5e-5,
+        phase_seconds={"generate": 3.0, "reward": 0.1, "train": 2.0, "sync": 0.5}, generated_tokens=1376,
+        generation_tokens_per_s=458.7, acceptance_rate=0.81234, mean_acceptance_length=2.62468,
+    )  # fmt: skip
+    fields.update(over)
+    return RLStepRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_rl_status_from_the_trainers_own_rl_exposition(tmp_path: Path) -> None:
+    from mtp_trainer.config import MetricsConfig
+    from mtp_trainer.metrics import Metrics
+    from mtp_trainer.rl.metrics import RL_METRIC_NAMES, RLMetrics, RLValidationRecord
+
+    assert set(RL_GAUGES) <= set(RL_METRIC_NAMES)  # the operator reads only names the trainer exports
+    m = Metrics(MetricsConfig(job="tiny", namespace="team-a", port=0), tmp_path)
+    rl = RLMetrics(m)
+    m.set_step(0)
+    assert rl_status(generate_latest(m.registry).decode()) is None  # warming up: no RL step yet
+    rl.record(_rl_record(7))  # type: ignore[arg-type]
+    rl.record_validation(RLValidationRecord(step=7, accuracy=0.9, reward_mean=0.95, parse_failures=0, prompts=32))
+    text = generate_latest(m.registry).decode()
+    # train split only, unrounded (status rounds)
+    assert rl_status(text) == t.RLStatus(
+        step=7, reward_mean=0.4375, accuracy=0.40625, acceptance_rate=0.81234, mean_acceptance_length=2.62468,
+        weight_version=7,
+    )  # fmt: skip
+
+
+def test_rl_status_without_acceptance_and_with_a_value_out_of_range() -> None:
+    text = (
+        'mtp_trainer_step{job="j",namespace="n"} 3.0\n'
+        'mtp_trainer_rl_reward_mean{job="j",namespace="n",split="train"} -0.25\n'
+        'mtp_trainer_rl_accuracy{job="j",namespace="n",split="train"} 1.5\n'
+        'mtp_trainer_rl_weight_version{job="j",namespace="n"} 3.0\n'
+        'mtp_trainer_rl_acceptance_rate{job="j",namespace="n"} NaN\n'
+    )
+    assert rl_status(text) == t.RLStatus(step=3, reward_mean=-0.25, weight_version=3)
+    assert rl_status('mtp_trainer_step{job="j"} 3.0\nmtp_trainer_lm_loss{split="train"} 2.0\n') is None
+
+
+def test_round_puts_the_rl_step_in_the_store() -> None:
+    body = (
+        'mtp_trainer_step{job="tiny",namespace="team-a"} 12.0\n'
+        'mtp_trainer_lm_loss{job="tiny",namespace="team-a",split="train"} 1.25\n'
+        'mtp_trainer_rl_reward_mean{job="tiny",namespace="team-a",split="train"} 0.5\n'
+        'mtp_trainer_rl_reward_mean{job="tiny",namespace="team-a",split="validation"} 0.75\n'
+        'mtp_trainer_rl_accuracy{job="tiny",namespace="team-a",split="train"} 0.5\n'
+        'mtp_trainer_rl_acceptance_rate{job="tiny",namespace="team-a"} 0.8\n'
+        'mtp_trainer_rl_mean_acceptance_length{job="tiny",namespace="team-a"} 2.6\n'
+        'mtp_trainer_rl_weight_version{job="tiny",namespace="team-a"} 12.0\n'
+    )
+    store = LatestMetrics()
+    scraper = JobScraper(("team-a", "tiny"), OperatorConfig(standalone=True), store,
+                         AcceptanceExporter(CollectorRegistry()),
+                         fetch=_FakePods({"http://10.0.0.9:9400/metrics": [body]}))  # fmt: skip
+    asyncio.run(scraper.round(_job(), [_pod("tiny-trainer-0", "trainer", ip="10.0.0.9")]))
+    got = store.get("team-a", "tiny")
+    assert got.trainer == t.TrainerStatus(step=12, lm_loss=1.25)
+    assert got.rl == t.RLStatus(
+        step=12, reward_mean=0.5, accuracy=0.5, acceptance_rate=0.8, mean_acceptance_length=2.6, weight_version=12
+    )
+    store.drop("team-a", "tiny")
+    assert store.get("team-a", "tiny").rl is None
 
 
 class _FakePods:

@@ -219,3 +219,55 @@ def test_invalid_spec_fails_with_reason() -> None:
     assert (
         st.state == "Failed" and st.conditions[0].reason == "InvalidSpec" and st.conditions[0].message == "bad volume"
     )
+
+
+def rlvr_job() -> t.MTPTrainingJob:
+    body = job_manifest()
+    body["spec"]["pipeline"] = "rlvr"
+    body["spec"]["reward"] = {}
+    return t.MTPTrainingJob.model_validate(body)
+
+
+def rlvr_children(trainer_ready: int = 1, rollout_ready: int = 1) -> Observed:
+    peers = ChildState("Service", "demo-rollout-peers", "6", "h")
+    return observed_from([*children(trainer_ready, rollout_ready).children.values(), peers], [])
+
+
+RL = t.RLStatus(
+    step=7, reward_mean=0.43754, accuracy=0.40625, acceptance_rate=0.812345, mean_acceptance_length=2.624682,
+    weight_version=7,
+)  # fmt: skip
+
+
+def test_rl_block_is_rounded_once_and_kept_while_rank_0_is_not_scraped() -> None:
+    st = compute_status(rlvr_job(), None, rlvr_children(), JobMetrics(rl=RL), T0, generation=1)
+    assert st.state == "Running"
+    assert st.wire()["rl"] == {
+        "step": 7, "rewardMean": 0.438, "accuracy": 0.406, "acceptanceRate": 0.812, "meanAcceptanceLength": 2.625,
+        "weightVersion": 7,
+    }  # fmt: skip
+    later = compute_status(
+        rlvr_job(), st, rlvr_children(), JobMetrics(), T0 + datetime.timedelta(minutes=1), generation=1
+    )
+    assert later.rl == st.rl
+
+
+def test_rlvr_is_created_only_once_the_peers_service_exists() -> None:
+    st = compute_status(rlvr_job(), None, children(1, 1), JobMetrics(), T0, generation=1)
+    assert st.state == "Pending" and st.rl is None
+
+
+def test_sft_has_no_rl_block() -> None:
+    st = compute_status(job(), None, children(1, 1), JobMetrics(rl=RL), T0, generation=1)
+    assert st.rl is None and "rl" not in st.wire()
+
+
+def test_rl_block_moves_after_success() -> None:
+    done = compute_status(
+        rlvr_job(), None, rlvr_children(), JobMetrics(trainer=t.TrainerStatus(step=200), rl=RL), T0, generation=1
+    )
+    assert done.state == "Succeeded" and done.rl is not None and done.rl.step == 7
+    last = RL.model_copy(update={"step": 200, "reward_mean": 0.9})
+    later = compute_status(rlvr_job(), done, rlvr_children(), JobMetrics(rl=last), T0, generation=1)
+    assert later.state == "Succeeded" and later.rl is not None
+    assert (later.rl.step, later.rl.reward_mean) == (200, 0.9)

@@ -4,6 +4,12 @@ The launcher is the single place that knows vLLM's flags (``--speculative-config
 mode), so a change of ``numSpeculativeTokens`` changes the pod template's args and the Deployment
 rolls. When the model is the trainer's export, an init container waits for its ``config.json`` so
 vLLM does not crash-loop while training runs.
+
+For rlvr the server also opens vLLM's weight-sync API (``server_plan(weight_sync=True)``): trainer
+rank 0 pushes each new policy into every replica, reached through the headless peers Service, and
+names a directory under ``MTP_WEIGHT_SYNC_DIR`` on the checkpoints volume, which this pod mounts
+at the trainer's path (read-only: the rollout only reads it). The pod needs no Kubernetes API, so
+no service-account token is mounted.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ def rollout_volumes(job: t.MTPTrainingJob) -> tuple[list[dict[str, Any]], list[d
 def build_rollout_deployment(job: t.MTPTrainingJob, *, replicas: int, config_hash: str) -> dict[str, Any]:
     rollout = job.spec.rollout or t.RolloutSpec()
     model_path = rollout_model_path(job)
-    plan = server_plan(job, model_path)
+    plan = server_plan(job, model_path, weight_sync=job.spec.pipeline == t.Pipeline.RLVR)
     volumes, mounts = rollout_volumes(job)
     probe_port = "http-metrics"
     container: dict[str, Any] = {
@@ -58,6 +64,7 @@ def build_rollout_deployment(job: t.MTPTrainingJob, *, replicas: int, config_has
     if res:
         container["resources"] = res
     pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
         "securityContext": common.pod_security_context(),
         "containers": [container],
         "volumes": volumes,

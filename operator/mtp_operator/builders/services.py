@@ -1,4 +1,5 @@
-"""The trainer's headless Service (stable pod DNS for the torchrun rendezvous) and the rollout Service."""
+"""The trainer's headless Service (stable pod DNS for the torchrun rendezvous), the rollout Service
+and, for rlvr, the rollout's headless peers Service (one DNS A record per ready replica)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,27 @@ def build_rollout_service(job: t.MTPTrainingJob) -> dict[str, Any]:
         "metadata": common.metadata(job, names.rollout(job), names.COMPONENT_ROLLOUT),
         "spec": {
             "type": "ClusterIP",
+            "selector": names.selector(job, names.COMPONENT_ROLLOUT),
+            "ports": [{"name": "http", "port": rollout.port, "targetPort": "http-metrics", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_rollout_peers_service(job: t.MTPTrainingJob) -> dict[str, Any]:
+    """rlvr: trainer rank 0 resolves this name to every ready rollout pod and talks to each directly,
+    for generation and for weight sync; a ClusterIP would send each request to one replica at random.
+
+    Ready pods only: a replica that is still loading or is restarting drops out of DNS, so rank 0
+    neither generates with it nor pushes weights into it.
+    """
+    rollout = job.spec.rollout or t.RolloutSpec()
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": common.metadata(job, names.rollout_peers(job), names.COMPONENT_ROLLOUT),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": False,
             "selector": names.selector(job, names.COMPONENT_ROLLOUT),
             "ports": [{"name": "http", "port": rollout.port, "targetPort": "http-metrics", "protocol": "TCP"}],
         },

@@ -10,15 +10,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtp_api import contracts
 from mtp_api import types as t
 from mtp_operator import names
 from mtp_operator.builders import common
-from mtp_operator.builders.model_path import output_dir, source_model_path
+from mtp_operator.builders.model_path import output_dir, source_model_path, weight_sync_dir
 
 
 def master_addr(job: t.MTPTrainingJob) -> str:
     host = f"{names.trainer(job)}-0.{names.trainer(job)}"
     return f"{host}.{job.metadata.namespace}.svc" if job.metadata.namespace else host
+
+
+def rollout_service(job: t.MTPTrainingJob) -> str:
+    """rlvr: ``host:port`` of the rollout's headless peers Service; rank 0 resolves the host to every
+    ready replica (``MTP_ROLLOUT_SERVICE``, see ``mtp_api.contracts``)."""
+    host = names.rollout_peers(job)
+    if job.metadata.namespace:
+        host = f"{host}.{job.metadata.namespace}.svc"
+    rollout = job.spec.rollout or t.RolloutSpec()
+    return f"{host}:{rollout.port}"
 
 
 def trainer_env(job: t.MTPTrainingJob) -> list[dict[str, Any]]:
@@ -37,7 +48,10 @@ def trainer_env(job: t.MTPTrainingJob) -> list[dict[str, Any]]:
     ]
     model = source_model_path(job)
     if model is not None:
-        env.append({"name": "MTP_MODEL_PATH", "value": model})
+        env.append({"name": contracts.ENV_MODEL_PATH, "value": model})
+    if job.spec.pipeline == t.Pipeline.RLVR and job.spec.rollout is not None:
+        env.append({"name": contracts.ENV_ROLLOUT_SERVICE, "value": rollout_service(job)})
+        env.append({"name": contracts.ENV_WEIGHT_SYNC_DIR, "value": weight_sync_dir(job)})
     return env
 
 
