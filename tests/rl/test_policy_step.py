@@ -3,6 +3,10 @@ per-token log-probs against a plain GPTModel forward, response-only masks, and o
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -11,6 +15,7 @@ import torch
 
 from mtp_trainer import mtp_modes
 from mtp_trainer.config import ModelConfig, TrainerConfig
+from mtp_trainer.model_provider import ModelProvider
 from mtp_trainer.rl.grpo import GRPOConfig, entropy_from_logits
 from mtp_trainer.rl.policy_step import (
     RolloutSequence,
@@ -236,3 +241,69 @@ def test_frozen_reference_and_kl() -> None:
     assert all(torch.equal(ref_before[n], p) for n, p in ref.named_parameters())
     # Without kl_coef the reference is not used and no kl_ref is reported.
     assert "kl_ref" not in rl_step(model, _optimizer(model), seqs, ADV, None, GRPOConfig(), mode="standalone")
+
+
+_DP_WORKER = """
+import sys, torch
+from mtp_trainer import distributed, mtp_modes
+from mtp_trainer.config import ModelConfig
+from mtp_trainer.model_provider import ModelProvider
+from mtp_trainer.rl.grpo import GRPOConfig
+from mtp_trainer.rl.policy_step import RolloutSequence, rl_step
+
+info = distributed.init(1, 1, seed=1234)
+seqs = [RolloutSequence(p, r) for p, r in torch.load(sys.argv[1])]
+adv = torch.load(sys.argv[2])
+torch.manual_seed(8)
+model = ModelProvider(ModelConfig(vocab_size=256, mtp_num_layers=1)).provide()
+mtp_modes.prepare(model, mtp_modes.STANDALONE)
+half = len(seqs) // 2
+mine = slice(0, half) if info.rank == 0 else slice(half, len(seqs))
+sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+stats = rl_step(model, sgd, seqs[mine], adv[mine], None, GRPOConfig(), mode="standalone", clip_grad=0.0)
+if info.rank == 0:
+    grads = {n: p.grad for n, p in mtp_modes.trunk_parameters(model)}
+    torch.save({"grads": grads, "stats": stats}, sys.argv[3])
+distributed.shutdown()
+"""
+
+
+def test_data_parallel_matches_one_rank(tmp_path) -> None:
+    """Two gloo ranks with half the sequences each give the trunk gradients (and the token-level
+    policy loss) of one rank with all of them: the loss is normalised by the tokens of all ranks."""
+
+    seqs = _sequences(6)
+    adv = torch.tensor([1.0, -0.5, -1.0, 0.5, 0.25, -0.25])
+    # One rank, all the sequences (responses of different lengths: the halves have unequal token counts).
+    torch.manual_seed(8)
+    model = ModelProvider(_cfg()).provide()
+    mtp_modes.prepare(model, mtp_modes.STANDALONE)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+    full = rl_step(model, sgd, seqs, adv, None, GRPOConfig(), mode="standalone", clip_grad=0.0)
+    expected = {n: p.grad for n, p in mtp_modes.trunk_parameters(model)}
+
+    torch.save([(list(s.prompt), list(s.response)) for s in seqs], tmp_path / "seqs.pt")
+    torch.save(adv, tmp_path / "adv.pt")
+    (tmp_path / "worker.py").write_text(_DP_WORKER)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        args = [
+            sys.executable,
+            str(tmp_path / "worker.py"),
+            *(str(tmp_path / f) for f in ("seqs.pt", "adv.pt", "out.pt")),
+        ]
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-3000:]
+    got = torch.load(tmp_path / "out.pt")
+    for n, g in expected.items():
+        torch.testing.assert_close(got["grads"][n], g, rtol=1e-4, atol=1e-7, msg=n)
+    assert got["stats"]["policy_loss"] == pytest.approx(full["policy_loss"], rel=1e-5)
+    assert got["stats"]["tokens"] == full["tokens"]
+    assert got["stats"]["entropy"] == pytest.approx(full["entropy"], rel=1e-5)
