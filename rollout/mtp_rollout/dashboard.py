@@ -8,8 +8,8 @@ runs every query against a real Prometheus and requires data, and another type-c
 against Grafana's own schema (npm ``@grafana/schema``).
 
 Rows: acceptance from the operator's collector (``mtp_rollout_*``), the same from Prometheus
-recording rules over raw vLLM counters (``mtp:*``), the trainer (``mtp_trainer_*``), and job
-states (``mtptrainingjob_*``).
+recording rules over raw vLLM counters (``mtp:*``), the trainer (``mtp_trainer_*``), RLVR (trainer
+rank 0's ``mtp_trainer_rl_*`` gauges, one value per RL step), and job states (``mtptrainingjob_*``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import StackingMode
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
 from mtp_rollout import metric_names as mn
@@ -39,6 +41,17 @@ TRAINER_MTP_LOSS = "mtp_trainer_mtp_loss"
 TRAINER_MTP_AGREEMENT = "mtp_trainer_mtp_agreement"
 TRAINER_STEP = "mtp_trainer_step"
 TRAINER_TOKENS_PER_SECOND = "mtp_trainer_tokens_per_second"
+# RL step gauges (trainer/mtp_trainer/rl/metrics.py RL_METRIC_NAMES); a test checks each against the registry.
+RL_REWARD_MEAN = "mtp_trainer_rl_reward_mean"
+RL_ACCURACY = "mtp_trainer_rl_accuracy"
+RL_ACCEPTANCE_RATE = "mtp_trainer_rl_acceptance_rate"
+RL_MEAN_ACCEPTANCE_LENGTH = "mtp_trainer_rl_mean_acceptance_length"
+RL_KL = "mtp_trainer_rl_kl"
+RL_ENTROPY = "mtp_trainer_rl_entropy"
+RL_RESPONSE_LENGTH = "mtp_trainer_rl_response_length"
+RL_PHASE_SECONDS = "mtp_trainer_rl_phase_seconds"
+RL_WEIGHT_VERSION = "mtp_trainer_rl_weight_version"
+RL_GENERATION_TOKENS_PER_SECOND = "mtp_trainer_rl_generation_tokens_per_second"
 OPERATOR_JOB_INFO = "mtptrainingjob_info"
 OPERATOR_JOB_CONDITION = "mtptrainingjob_condition"
 
@@ -227,6 +240,7 @@ def build() -> dict[str, Any]:
             ],
         )
     )
+    d = _rlvr_row(d, job)
     d = d.with_row(db.Row("Jobs"))
     d = d.with_panel(
         statetimeline.Panel()
@@ -247,6 +261,99 @@ def build() -> dict[str, Any]:
         .with_target(_query(f"{OPERATOR_JOB_CONDITION}{{{OP_SEL}}}", "{{namespace}}/{{name}} {{condition}}"))
     )
     return _schema_clean(json.loads(json.dumps(d.build(), cls=JSONEncoder)))
+
+
+def _rlvr_row(d: db.Dashboard, job: str) -> db.Dashboard:
+    """One value per RL step, set by trainer rank 0 when the step ends; empty for SFT jobs."""
+    d = d.with_row(db.Row("RLVR"))
+    d = d.with_panel(
+        _series(
+            "Reward mean",
+            "Mean reward of the step's samples (train) and of the held-out prompts decoded greedily (validation).",
+            [_query(f"{RL_REWARD_MEAN}{{{SEL}}}", job + " {{split}}")],
+        )
+    )
+    d = d.with_panel(
+        _series(
+            "Accuracy",
+            "Share of answers the verifier accepted: the step's samples (train) and held-out prompts (validation).",
+            [_query(f"{RL_ACCURACY}{{{SEL}}}", job + " {{split}}")],
+            unit="percentunit",
+            min=0,
+            max=1,
+        )
+    )
+    d = d.with_panel(
+        _series(
+            "Acceptance rate per RL step",
+            "MTP draft acceptance during the step's generation phase (vLLM counter deltas), so it belongs to "
+            "the samples the step trained on. A drafter left behind by the policy shows here first.",
+            [_query(f"{RL_ACCEPTANCE_RATE}{{{SEL}}}", job)],
+            unit="percentunit",
+            min=0,
+            max=1,
+        )
+    )
+    d = d.with_panel(
+        _series(
+            "Mean acceptance length per RL step",
+            "Tokens per target forward during the step's generation, 1 + accepted / drafts; at most k + 1.",
+            [_query(f"{RL_MEAN_ACCEPTANCE_LENGTH}{{{SEL}}}", job)],
+            min=1,
+        )
+    )
+    d = d.with_panel(
+        _series(
+            "KL",
+            "k3 estimate of the KL to the policy that generated the samples (old) and to the initial policy (ref).",
+            [_query(f"{RL_KL}{{{SEL}}}", job + " {{kind}}")],
+            min=0,
+        )
+    )
+    d = d.with_panel(
+        _series(
+            "Entropy and response length",
+            "Mean per-token policy entropy on the responses, and mean response length in tokens.",
+            [
+                _query(f"{RL_ENTROPY}{{{SEL}}}", job + " entropy"),
+                _query(f"{RL_RESPONSE_LENGTH}{{{SEL}}}", job + " response tokens", "B"),
+            ],
+            min=0,
+        )
+    )
+    d = d.with_panel(
+        _series(
+            "Step time by phase",
+            "Wall time of the last step's phases, stacked: generate (rollout), reward, train, sync (weights "
+            "into every rollout replica).",
+            [_query(f"{RL_PHASE_SECONDS}{{{SEL}}}", job + " {{phase}}")],
+            unit="s",
+            min=0,
+        )
+        .stacking(cb.StackingConfig().mode(StackingMode.NORMAL))
+        .fill_opacity(30)
+    )
+    d = d.with_panel(
+        _series(
+            "RL step and weight version",
+            "The last RL step and the weight version the rollout serves after its sync; they move together, "
+            "a gap means the sync is failing.",
+            [
+                _query(f"{TRAINER_STEP}{{{SEL}}}", job + " step"),
+                _query(f"{RL_WEIGHT_VERSION}{{{SEL}}}", job + " weight version", "B"),
+            ],
+            min=0,
+        )
+    )
+    d = d.with_panel(
+        _series(
+            "Generation throughput in the loop",
+            "Generated tokens per second of the step's generate phase, over every rollout replica.",
+            [_query(f"{RL_GENERATION_TOKENS_PER_SECOND}{{{SEL}}}", job + " tok/s")],
+            min=0,
+        )
+    )
+    return d
 
 
 def _drop_nulls(value: Any) -> Any:

@@ -47,8 +47,12 @@ def exported_names() -> set[str]:
     names |= {r["record"] for g in rules.rule_groups()["groups"] for r in g["rules"] if "record" in r}
     from mtp_trainer.config import MetricsConfig
     from mtp_trainer.metrics import Metrics
+    from mtp_trainer.rl.metrics import RL_METRIC_NAMES, RLMetrics
 
-    names |= registry_names(Metrics(MetricsConfig(), Path("/nonexistent"), enabled=False).registry)
+    trainer = Metrics(MetricsConfig(), Path("/nonexistent"), enabled=False)
+    RLMetrics(trainer)  # registers the RL step gauges in the trainer's registry
+    names |= registry_names(trainer.registry)
+    assert set(RL_METRIC_NAMES) <= names
     from mtp_operator import metrics as operator_metrics
 
     names |= registry_names(operator_metrics.REGISTRY)
@@ -98,6 +102,10 @@ def test_dashboard_covers_the_required_figures():
         "mtp_rollout_acceptance_rate", "mtp_rollout_mean_acceptance_length", "mtp_rollout_position_acceptance_rate",
         "mtp_rollout_generation_tokens_per_second", "mtp_rollout_speedup_bound", "mtp_trainer_lm_loss",
         "mtp_trainer_mtp_loss", "mtp_trainer_mtp_agreement", "mtptrainingjob_info",
+        # RLVR (issue 8): reward, accuracy, acceptance per RL step, KL, entropy, response length, phase times
+        "mtp_trainer_rl_reward_mean", "mtp_trainer_rl_accuracy", "mtp_trainer_rl_acceptance_rate",
+        "mtp_trainer_rl_mean_acceptance_length", "mtp_trainer_rl_kl", "mtp_trainer_rl_entropy",
+        "mtp_trainer_rl_response_length", "mtp_trainer_rl_phase_seconds", "mtp_trainer_rl_weight_version",
     ):  # fmt: skip
         assert name in text
 
