@@ -30,6 +30,7 @@ SINGULAR = "mtptrainingjob"
 SHORT_NAMES = ["mtpjob", "mtpj"]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+INT64_MAX = 2**63 - 1  # Kubernetes integers are int64; seeds go to torch and numpy, which take < 2**32
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
 IntOrString = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
@@ -293,7 +294,7 @@ class MTPTrainingConfig(ApiModel):
 class Hyperparameters(ApiModel):
     learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0)
     min_learning_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, le=INT64_MAX)
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
     clip_grad: float = Field(default=1.0, ge=0.0)
     micro_batch_size: int = Field(default=1, ge=1, le=4096)
@@ -302,10 +303,10 @@ class Hyperparameters(ApiModel):
         default=None, ge=1, le=65536, description="Derived from the batch sizes when unset."
     )
     seq_length: int = Field(default=2048, ge=8, le=1048576)
-    max_steps: int = Field(default=1000, ge=1)
-    save_steps: int = Field(default=500, ge=1)
-    eval_steps: int = Field(default=100, ge=1)
-    seed: int = Field(default=1234, ge=0)
+    max_steps: int = Field(default=1000, ge=1, le=INT64_MAX)
+    save_steps: int = Field(default=500, ge=1, le=INT64_MAX)
+    eval_steps: int = Field(default=100, ge=1, le=INT64_MAX)
+    seed: int = Field(default=1234, ge=0, lt=2**32)
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -323,12 +324,60 @@ class Hyperparameters(ApiModel):
     )
 
 
+class SFTWarmup(ApiModel):
+    """rlvr: supervised steps on the job's data (prompt + response) before the first RL step, in the
+    trainer itself, so a job can start RL from a base model whose MTP head has never been trained."""
+
+    steps: int = Field(default=0, ge=0, le=10_000_000, description="0 skips the warm-up.")
+    training_mode: MTPTrainingMode = Field(
+        default=MTPTrainingMode.JOINT, description="MTP mode during warm-up; joint is the SFT mode."
+    )
+    learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0)
+    min_learning_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0, le=10_000_000, description="Linear learning-rate warm-up steps.")
+    micro_batch_size: int = Field(default=8, ge=1, le=4096)
+    global_batch_size: int = Field(default=8, ge=1, le=1048576)
+
+
+class GRPOSpec(ApiModel):
+    """GRPO for rlvr: n samples per prompt, group-normalised advantages, a token-level clipped loss."""
+
+    prompts_per_step: int = Field(default=8, ge=1, le=65536, description="Prompts per RL step (per update).")
+    samples_per_prompt: int = Field(default=8, ge=2, le=1024, description="Group size n.")
+    clip_ratio_low: float = Field(default=0.2, gt=0.0, le=1.0, description="ratio >= 1 - clipRatioLow.")
+    clip_ratio_high: float = Field(default=0.2, gt=0.0, le=10.0, description="ratio <= 1 + clipRatioHigh.")
+    kl_coef: float = Field(default=0.0, ge=0.0, le=10.0, description="KL to the frozen initial policy; 0 is off.")
+    mini_batches: int = Field(default=1, ge=1, le=1024, description="Optimizer steps per RL step.")
+    validation_prompts: int = Field(
+        default=32, ge=0, le=100000, description="Held-out prompts decoded greedily at each evalSteps; 0 is off."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "(self.promptsPerStep * self.samplesPerPrompt) % self.miniBatches == 0",
+                "promptsPerStep x samplesPerPrompt must be a multiple of miniBatches",
+                ".miniBatches",
+            ),
+        )
+    )
+
+
 class VolumeRef(ApiModel):
     """A PersistentVolumeClaim mounted into the trainer (and the rollout, for checkpoints)."""
 
     claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_LABEL)
     mount_path: str = Field(min_length=2, max_length=1024, pattern=r"^/")
     sub_path: str = Field(default="", max_length=1024)
+
+
+class BuiltinTask(ApiModel):
+    """The built-in verifiable arithmetic task (``builtin:arithmetic``): generated from a seed, no download."""
+
+    difficulty: int = Field(default=2, ge=1, le=5, description="Operations per problem (+, - and * with precedence).")
+    train_size: int = Field(default=20000, ge=1, le=10_000_000)
+    validation_size: int = Field(default=256, ge=1, le=1_000_000)
+    seed: int = Field(default=1234, ge=0, lt=2**32)
 
 
 class DataSpec(ApiModel):
@@ -338,6 +387,28 @@ class DataSpec(ApiModel):
         default=0.05, ge=0.0, lt=1.0, description="Held-out share when no validationFiles are given."
     )
     format: DataFormat = DataFormat.MESSAGES
+    prompt_key: str = Field(
+        default="prompt",
+        min_length=1,
+        max_length=256,
+        description="rlvr: the prompt field of each JSONL/Parquet record (ROLL's prompt_key); dots reach nested keys.",
+    )
+    answer_key: str = Field(
+        default="ground_truth",
+        min_length=1,
+        max_length=256,
+        description="rlvr: the reference-answer field the reward checks against (ROLL's ground_truth key).",
+    )
+    response_key: str = Field(
+        default="response",
+        min_length=1,
+        max_length=256,
+        description="rlvr with trainer.warmup: the worked answer to SFT on before RL (ROLL's response_key).",
+    )
+    builtin_task: BuiltinTask = Field(
+        default_factory=BuiltinTask,
+        description="Settings of the generated task that trainFiles ['builtin:arithmetic'] selects.",
+    )
 
 
 class Volumes(ApiModel):
@@ -358,6 +429,8 @@ class TrainerSpec(ApiModel):
     data: DataSpec
     volumes: Volumes = Field(default_factory=Volumes)
     metrics_port: int = Field(default=9400, ge=1024, le=65535)
+    grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="rlvr only: the GRPO settings.")
+    warmup: SFTWarmup | None = Field(default=None, description="rlvr only: SFT steps before RL.")
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -445,8 +518,8 @@ class RewardSpec(ApiModel):
 class RunPolicy(ApiModel):
     suspend: bool = False
     backoff_limit: int = Field(default=3, ge=0, le=1000)
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT64_MAX)
 
 
 # ----------------------------------------------------------------------------------------- spec
@@ -508,18 +581,18 @@ class Condition(ApiModel):
     reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
     message: str = Field(default="", max_length=32768)
     last_transition_time: str | None = None
-    observed_generation: int | None = Field(default=None, ge=0)
+    observed_generation: int | None = Field(default=None, ge=0, le=INT64_MAX)
 
 
 class TrainerStatus(ApiModel):
-    ready_replicas: int = Field(default=0, ge=0)
-    step: int | None = Field(default=None, ge=0)
+    ready_replicas: int = Field(default=0, ge=0, le=INT64_MAX)
+    step: int | None = Field(default=None, ge=0, le=INT64_MAX)
     lm_loss: float | None = None
     mtp_loss: float | None = None
 
 
 class RolloutStatus(ApiModel):
-    ready_replicas: int = Field(default=0, ge=0)
+    ready_replicas: int = Field(default=0, ge=0, le=INT64_MAX)
     acceptance_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     mean_acceptance_length: float | None = Field(default=None, ge=0.0)
     per_position_acceptance: list[float] | None = None
@@ -529,21 +602,21 @@ class RolloutStatus(ApiModel):
 class RLStatus(ApiModel):
     """rlvr: the latest RL step of trainer rank 0; acceptance is the rollout's during that step's generation."""
 
-    step: int | None = Field(default=None, ge=0)
+    step: int | None = Field(default=None, ge=0, le=INT64_MAX)
     reward_mean: float | None = None
     accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
     acceptance_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     mean_acceptance_length: float | None = Field(default=None, ge=0.0)
-    weight_version: int | None = Field(default=None, ge=0)
+    weight_version: int | None = Field(default=None, ge=0, le=INT64_MAX)
 
 
 class MTPTrainingJobStatus(ApiModel):
     state: JobState | None = None
     conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = Field(default=None, ge=0)
+    observed_generation: int | None = Field(default=None, ge=0, le=INT64_MAX)
     start_time: str | None = None
     completion_time: str | None = None
-    restarts: int = Field(default=0, ge=0)
+    restarts: int = Field(default=0, ge=0, le=INT64_MAX)
     trainer: TrainerStatus | None = None
     rollout: RolloutStatus | None = None
     rl: RLStatus | None = None

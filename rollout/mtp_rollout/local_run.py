@@ -378,7 +378,13 @@ def _tail(path: Path, lines: int = 20) -> str:
 def run_local(job: t.MTPTrainingJob, opts: RunOptions, console: Console | None = None) -> int:
     """Run the job; 0 on success, 1 on a failed step, 130 on Ctrl-C or SIGTERM. Children never outlive it."""
     console = console or Console()
-    runner = LocalRun(job, opts, console)
+    runner: LocalRun
+    if job.spec.pipeline == t.Pipeline.RLVR:
+        from mtp_rollout.local_rlvr import LocalRLVR
+
+        runner = LocalRLVR(job, opts, console)
+    else:
+        runner = LocalRun(job, opts, console)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

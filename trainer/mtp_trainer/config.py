@@ -125,6 +125,43 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class WarmupConfig:
+    """rlvr: supervised steps before the first RL step (``spec.trainer.warmup``)."""
+
+    steps: int = 0
+    mode: str = t.MTPTrainingMode.JOINT.value
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 0.0
+    warmup_steps: int = 0
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """rlvr: prompts, GRPO, generation and reward settings (``spec.trainer.grpo``, ``spec.rollout``,
+    ``spec.reward``). Generation runs on the job's vLLM rollout; the trainer's rank 0 drives it."""
+
+    prompt_key: str = "prompt"
+    answer_key: str = "ground_truth"
+    response_key: str = "response"
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    mini_batches: int = 1
+    validation_prompts: int = 32
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_model_len: int = 512
+    served_model_name: str = "local"
+    reward: t.MathReward = field(default_factory=t.MathReward)
+    warmup: WarmupConfig | None = None
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -135,6 +172,7 @@ class TrainerConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     seed: int = 1234
+    rl: RLConfig | None = None
 
 
 MODEL_PATH_ENV = "MTP_MODEL_PATH"
@@ -173,12 +211,10 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
     strat = tr.strategy
     mtp_layers = spec.model.mtp_num_layers or 0
     mode = tr.mtp.training_mode
-    if spec.pipeline == t.Pipeline.RLVR:
-        # Refuse rather than silently run supervised cross-entropy on prompts: the GRPO loop
-        # (rollouts, verifiable rewards, trainer->rollout weight sync) is the next issue to land.
+    if spec.pipeline == t.Pipeline.RLVR and (strat.tensor_parallel_size > 1 or strat.pipeline_parallel_size > 1):
         raise ConfigError(
-            "spec.pipeline rlvr: this trainer release has no RLVR (GRPO) loop yet; it trains sft jobs only. "
-            "Use pipeline: sft, or keep the manifest for the release that adds RLVR"
+            "spec.trainer.strategy: rlvr in this release syncs full weights from rank 0, so it needs "
+            "tensorParallelSize 1 and pipelineParallelSize 1; scale the trainer with data parallel instead"
         )
     if mode != t.MTPTrainingMode.DISABLED and mtp_layers < 1:
         raise ConfigError(
@@ -228,8 +264,8 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
             max_steps=hp.max_steps,
         ),
         data=DataConfig(
-            train_files=tuple(tr.data.train_files),
-            validation_files=tuple(tr.data.validation_files),
+            train_files=tuple(_expand(f, tr.data.builtin_task) for f in tr.data.train_files),
+            validation_files=tuple(_expand(f, tr.data.builtin_task) for f in tr.data.validation_files),
             validation_fraction=tr.data.validation_fraction,
             format=str(tr.data.format),
             seq_length=hp.seq_length,
@@ -242,4 +278,56 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
         schedule=ScheduleConfig(save_steps=hp.save_steps, eval_steps=hp.eval_steps),
         metrics=MetricsConfig(port=tr.metrics_port, job=job.metadata.name, namespace=job.metadata.namespace or ""),
         seed=hp.seed,
+        rl=_rl(job, dp) if spec.pipeline == t.Pipeline.RLVR else None,
+    )
+
+
+def _expand(name: str, task: t.BuiltinTask) -> str:
+    from mtp_trainer.rl.tasks import expand_builtin
+
+    return expand_builtin(name, task.difficulty, task.train_size, task.validation_size, task.seed)
+
+
+def _rl(job: t.MTPTrainingJob, dp: int) -> RLConfig:
+    spec = job.spec
+    tr = spec.trainer
+    g = tr.grpo
+    rollout = spec.rollout or t.RolloutSpec()
+    gen = rollout.generation
+    if (g.prompts_per_step * g.samples_per_prompt) % (g.mini_batches * dp) != 0:
+        raise ConfigError(
+            f"spec.trainer.grpo: promptsPerStep x samplesPerPrompt = {g.prompts_per_step * g.samples_per_prompt} "
+            f"must split evenly into miniBatches ({g.mini_batches}) x data-parallel ranks ({dp})"
+        )
+    warmup = None
+    if tr.warmup is not None and tr.warmup.steps > 0:
+        w = tr.warmup
+        micro = min(w.micro_batch_size, w.global_batch_size)
+        warmup = WarmupConfig(
+            steps=w.steps,
+            mode=str(w.training_mode),
+            learning_rate=w.learning_rate,
+            min_learning_rate=min(w.min_learning_rate, w.learning_rate),
+            warmup_steps=w.warmup_steps,
+            micro_batch_size=micro,
+            grad_accum_steps=max(w.global_batch_size // (micro * dp), 1),
+        )
+    return RLConfig(
+        prompt_key=tr.data.prompt_key,
+        answer_key=tr.data.answer_key,
+        response_key=tr.data.response_key,
+        prompts_per_step=g.prompts_per_step,
+        samples_per_prompt=g.samples_per_prompt,
+        clip_low=g.clip_ratio_low,
+        clip_high=g.clip_ratio_high,
+        kl_coef=g.kl_coef,
+        mini_batches=g.mini_batches,
+        validation_prompts=g.validation_prompts,
+        max_tokens=gen.max_tokens,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        max_model_len=gen.max_model_len,
+        served_model_name=job.metadata.name,
+        reward=(spec.reward or t.RewardSpec()).math,
+        warmup=warmup,
     )

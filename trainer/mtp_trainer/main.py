@@ -40,10 +40,12 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
+from mtp_api import contracts
 from mtp_api.validation import ManifestError, load_job
-from mtp_trainer import checkpoint, data, distributed, families, hf_export, hf_import, hub, mtp_modes, tokenizer
+from mtp_trainer import checkpoint, data, distributed, families, hf_export, hf_import, hub, mtp_modes, rlvr, tokenizer
 from mtp_trainer.config import ConfigError, TrainerConfig, from_job
 from mtp_trainer.metrics import Metrics
+from mtp_trainer.rl.tasks import as_conversation
 from mtp_trainer.train_loop import Trainer, build_optimizer
 
 
@@ -111,21 +113,32 @@ def run(args: argparse.Namespace) -> int:
     info = distributed.init(cfg.parallel.tensor_parallel_size, cfg.parallel.pipeline_parallel_size, cfg.seed)
     resume_from = checkpoint.latest(out_dir) if args.resume else None
 
-    train_convs, val_convs = data.split(cfg.data)
+    problems = None
+    if cfg.rl is not None:
+        problems = rlvr.problem_sets(cfg)
+        train_convs, val_convs = [as_conversation(p) for p in problems[0]], []
+    else:
+        train_convs, val_convs = data.split(cfg.data)
     tok = _tokenizer(cfg, out_dir, resume_from, train_convs)
     if len(tok) > cfg.model.vocab_size:  # type: ignore[arg-type]
         raise ConfigError(
             f"the tokenizer has {len(tok)} entries but the model vocabulary is {cfg.model.vocab_size}; "  # type: ignore[arg-type]
             "use the checkpoint's own tokenizer or raise spec.model.source.tiny.vocabSize"
         )
-    rows = data.pack(train_convs, tok, cfg.data.seq_length, cfg.data.seed)  # type: ignore[arg-type]
-    val_rows = data.pack(val_convs, tok, cfg.data.seq_length, cfg.data.seed) if val_convs else None  # type: ignore[arg-type]
 
     torch.manual_seed(cfg.seed)
     model = family.provider(cfg.model, cfg.parallel.tensor_parallel_size, cfg.mtp.loss_scaling_factor).provide()
     if cfg.source.kind == "path" and resume_from is None:
         assert cfg.source.path is not None
         hf_import.load_into(model, Path(cfg.source.path), cfg.model)
+    if problems is not None:
+        metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
+        _announce(cfg, model, info, metrics, resume_from, problems=(len(problems[0]), len(problems[1])))
+        rlvr.run(cfg, model, tok, out_dir, metrics, info.device, problems, resume_from)
+        return _finish(cfg, model, tok, out_dir, metrics, info)
+
+    rows = data.pack(train_convs, tok, cfg.data.seq_length, cfg.data.seed)  # type: ignore[arg-type]
+    val_rows = data.pack(val_convs, tok, cfg.data.seq_length, cfg.data.seed) if val_convs else None  # type: ignore[arg-type]
     mtp_modes.prepare(model, cfg.mtp.mode)
     optimizer = build_optimizer(model, cfg)
     start = 0
@@ -142,27 +155,48 @@ def run(args: argparse.Namespace) -> int:
     )
     metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
     metrics.set_step(start)  # a restarted trainer reports where it is before its first step
-    if info.is_main:
-        summary = {
-            "event": "start",
-            "step": start,
-            "mode": cfg.mtp.mode,
-            "family": cfg.model.family,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "train_rows": len(rows),
-            "validation_rows": len(val_rows) if val_rows else 0,
-            "world_size": info.world_size,
-            "device": str(info.device),
-            "metrics_port": metrics.port,
-        }
-        print(json.dumps(summary), flush=True)
+    _announce(cfg, model, info, metrics, resume_from, rows=(len(rows), len(val_rows) if val_rows else 0))
     trainer = Trainer(cfg, model, optimizer, schedule, val_rows, metrics, info.device, out_dir, tok)
     trainer.run(start)
-    hf_export.export(model, cfg.model, tok, out_dir / "hf")
-    done = max(start, cfg.optim.max_steps)
-    metrics.set_step(done)
+    return _finish(cfg, model, tok, out_dir, metrics, info)
+
+
+def _announce(
+    cfg: TrainerConfig,
+    model: torch.nn.Module,
+    info: distributed.DistInfo,
+    metrics: Metrics,
+    resume_from: Path | None,
+    **counts: tuple[int, int],
+) -> None:
+    """The first JSON line of a run: what it trains, on what, from where."""
+    if not info.is_main:
+        return
+    summary: dict[str, object] = {
+        "event": "start",
+        "pipeline": "rlvr" if cfg.rl is not None else "sft",
+        "resume_from": str(resume_from) if resume_from else None,
+        "mode": cfg.mtp.mode,
+        "family": cfg.model.family,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "world_size": info.world_size,
+        "device": str(info.device),
+        "metrics_port": metrics.port,
+    }
+    for name, (train, val) in counts.items():
+        summary[f"train_{name}"], summary[f"validation_{name}"] = train, val
+    print(json.dumps(summary), flush=True)
+
+
+def _finish(
+    cfg: TrainerConfig, model: torch.nn.Module, tok: object, out_dir: Path, metrics: Metrics, info: distributed.DistInfo
+) -> int:
+    """Export the final weights, report the last step, leave the process group."""
+    export_dir = out_dir / contracts.EXPORT_SUBDIR
+    hf_export.export(model, cfg.model, tok, export_dir)
+    metrics.set_step(cfg.optim.max_steps)
     if info.is_main:
-        print(json.dumps({"event": "done", "step": done, "export": str(out_dir / "hf")}), flush=True)
+        print(json.dumps({"event": "done", "step": cfg.optim.max_steps, "export": str(export_dir)}), flush=True)
     distributed.shutdown()
     return 0
 

@@ -56,6 +56,9 @@ class Metrics:
 
     def __init__(self, cfg: MetricsConfig, out_dir: Path, enabled: bool = True) -> None:
         self.enabled = enabled
+        # "warmup" while an rlvr job runs its SFT warm-up: records are tagged with it and the step
+        # gauge is left alone, so warm-up steps never count towards the job's maxSteps.
+        self.phase: str | None = None
         self.path = out_dir / "metrics.jsonl"
         self.port: int | None = None
         self.registry = CollectorRegistry()
@@ -96,10 +99,11 @@ class Metrics:
         for d, (loss, agree) in enumerate(zip(rec.mtp_loss, rec.mtp_agreement, strict=True), start=1):
             self.mtp_loss.labels(**b, split=split, depth=str(d)).set(loss)
             self.mtp_agreement.labels(**b, split=split, depth=str(d)).set(agree)
-        if split == "train":
+        if split == "train" and self.phase is None:
             self.step.labels(**b).set(rec.step)
             self.tokens_per_s.labels(**b).set(rec.tokens_per_s)
             self.step_s.labels(**b).set(rec.step_s)
             self.lr.labels(**b).set(rec.learning_rate)
+        line = rec.to_json() if self.phase is None else {"phase": self.phase, **rec.to_json()}
         with self.path.open("a") as fh:
-            fh.write(json.dumps(rec.to_json()) + "\n")
+            fh.write(json.dumps(line) + "\n")

@@ -150,6 +150,14 @@ def is_builtin(name: str) -> bool:
     return name == BUILTIN_ARITHMETIC or name.startswith(BUILTIN_ARITHMETIC + "?")
 
 
+def expand_builtin(name: str, difficulty: int, train_size: int, validation_size: int, seed: int) -> str:
+    """``builtin:arithmetic`` with the job's ``spec.trainer.data.builtinTask`` settings spelled out
+    (``difficulty`` operations in every problem); a name that already has options is kept as is."""
+    if not is_builtin(name) or "?" in name:
+        return name
+    return f"{name}?n={train_size}&validation_n={validation_size}&difficulty={difficulty}&seed={seed}"
+
+
 def builtin_problems(name: str, split: str = "train") -> list[Problem]:
     """The problems a ``builtin:arithmetic[?n=..&validation_n=..&difficulty=lo-hi&seed=..&max_operand=..&max_factor=..]``
     name stands for (defaults in ``BUILTIN_DEFAULTS``; a difficulty range mixes the levels in equal

@@ -1,0 +1,87 @@
+"""What an rlvr job needs that the schema and CEL cannot say, checked before any pod starts.
+
+``mtpjob validate``, the operator's admission and the trainer's start-up all run these checks
+(through ``validation.semantic_checks``), so a job this release cannot run is refused up front
+with the field named, instead of failing after its pods have taken GPUs.
+"""
+
+from __future__ import annotations
+
+from mtp_api import types as t
+from mtp_api.validation import Finding
+
+BUILTIN_ARITHMETIC = "builtin:arithmetic"
+PROMPT_SUFFIXES = (".jsonl", ".parquet")
+
+
+def rlvr_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]]:
+    """(errors, warnings) for an rlvr job; nothing for other pipelines."""
+    errors: list[Finding] = []
+    warnings: list[Finding] = []
+    spec = job.spec
+    tr = spec.trainer
+    if spec.pipeline != t.Pipeline.RLVR:
+        if tr.warmup is not None:
+            warnings.append(Finding("spec.trainer.warmup", "only rlvr jobs run a warm-up; it is ignored for sft"))
+        return errors, warnings
+    strat = tr.strategy
+    if strat.tensor_parallel_size > 1 or strat.pipeline_parallel_size > 1:
+        errors.append(
+            Finding(
+                "spec.trainer.strategy",
+                "rlvr in this release syncs full weights from trainer rank 0, so it runs tensorParallelSize 1 and "
+                "pipelineParallelSize 1 only; scale the trainer with data parallel (replicas x gpusPerReplica)",
+            )
+        )
+    rollout = spec.rollout
+    if rollout is not None and rollout.replicas < 1:
+        errors.append(Finding("spec.rollout.replicas", "rlvr generates every sample on the rollout; set replicas >= 1"))
+    if tr.volumes.checkpoints is None:
+        errors.append(
+            Finding(
+                "spec.trainer.volumes.checkpoints",
+                "rlvr pushes each new policy to the rollout through this shared (ReadWriteMany) claim; add it",
+            )
+        )
+    for i, name in enumerate(tr.data.train_files + tr.data.validation_files):
+        field = (
+            f"spec.trainer.data.trainFiles[{i}]"
+            if i < len(tr.data.train_files)
+            else (f"spec.trainer.data.validationFiles[{i - len(tr.data.train_files)}]")
+        )
+        if name.startswith("builtin:"):
+            if name != BUILTIN_ARITHMETIC:
+                errors.append(Finding(field, f"{name!r}: rlvr's built-in prompt set is {BUILTIN_ARITHMETIC!r}"))
+        elif not name.lower().endswith(PROMPT_SUFFIXES):
+            errors.append(
+                Finding(field, f"{name!r}: rlvr reads prompts from JSONL (.jsonl) or Parquet (.parquet) files")
+            )
+    g = tr.grpo
+    dp = tr.data_parallel_size()
+    per_step = g.prompts_per_step * g.samples_per_prompt
+    if per_step % (g.mini_batches * dp) != 0:
+        errors.append(
+            Finding(
+                "spec.trainer.grpo.miniBatches",
+                f"promptsPerStep x samplesPerPrompt = {per_step} must split evenly into miniBatches ({g.mini_batches})"
+                f" x data-parallel ranks ({dp}); change one of them",
+            )
+        )
+    if rollout is not None:
+        gen = rollout.generation
+        if gen.max_tokens >= tr.hyperparameters.seq_length:
+            errors.append(
+                Finding(
+                    "spec.rollout.generation.maxTokens",
+                    f"{gen.max_tokens} leaves no room for the prompt in trainer seqLength "
+                    f"{tr.hyperparameters.seq_length}; lower maxTokens or raise seqLength",
+                )
+            )
+        if gen.temperature == 0.0:
+            warnings.append(
+                Finding(
+                    "spec.rollout.generation.temperature",
+                    "0 makes every sample of a group identical, so every GRPO advantage is 0; use about 1.0",
+                )
+            )
+    return errors, warnings
