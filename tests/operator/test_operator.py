@@ -5,13 +5,15 @@ Each test waits for an observable outcome; timeouts only bound a hang, nothing i
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
 import yaml
 
 from mtp_api import types as t
-from mtp_operator import metrics
+from mtp_operator import handlers, metrics
+from mtp_operator import reconcile as reconcile_module
 from mtp_operator.testing.harness import wait_for
 from tests.operator.backends import Backend
 
@@ -103,13 +105,19 @@ def test_idle_reconciles_write_nothing(backend: Backend, job: dict[str, Any]) ->
 
 
 def test_spec_change_rolls_the_deployment_only(backend: Backend, job: dict[str, Any]) -> None:
+    def bodies() -> dict[tuple[str, str], Any]:
+        got = {(plural, name): backend.get(plural, name) for plural, name in CHILDREN}
+        return {k: (v or {}).get("data" if k[0] == "configmaps" else "spec") for k, v in got.items()}
+
     backend.apply(t.PLURAL, job)
     with backend.operator():
         wait_for(lambda: all_children(backend))
+        wait_for(lambda: status(backend).get("observedGeneration") == 1)
         dep = backend.get("deployments", f"{NAME}-rollout")
         sts = backend.get("statefulsets", f"{NAME}-trainer")
         assert dep is not None and sts is not None
         assert '{"method":"mtp","num_speculative_tokens":1}' in args_of(dep)
+        before = bodies()
 
         backend.patch(t.PLURAL, NAME, {"spec": {"rollout": {"speculative": {"numSpeculativeTokens": 2}}}})
 
@@ -120,12 +128,16 @@ def test_spec_change_rolls_the_deployment_only(backend: Backend, job: dict[str, 
                 and d
             )
         )
+        wait_for(lambda: status(backend).get("observedGeneration") == 2)  # the reconcile of generation 2 is done
+        after = bodies()
+        changed = {k for k in before if before[k] != after[k]}
+        # exactly these two: the rollout's pod template (it rolls) and the ConfigMap's rollout plan (data,
+        # no pod reads it to restart); the StatefulSet's template is untouched, so no trainer pod restarts.
+        assert changed == {("configmaps", f"{NAME}-config"), ("deployments", f"{NAME}-rollout")}
         assert new["spec"]["template"] != dep["spec"]["template"]
         assert new["metadata"]["generation"] > dep["metadata"]["generation"]
         sts_after = backend.get("statefulsets", f"{NAME}-trainer")
-        assert sts_after is not None
-        assert sts_after["spec"]["template"] == sts["spec"]["template"]  # an SFT trainer never reads the rollout
-        wait_for(lambda: status(backend).get("observedGeneration") == 2)
+        assert sts_after is not None and sts_after["metadata"]["generation"] == sts["metadata"]["generation"]
 
 
 def test_suspend_scales_to_zero_and_resume_scales_back(backend: Backend, job: dict[str, Any]) -> None:
@@ -225,6 +237,63 @@ def test_succeeded_state_sticks(backend: Backend, job: dict[str, Any]) -> None:
         wait_for(lambda: (status(backend).get("rollout") or {}).get("acceptanceRate") == 0.812)
         assert status(backend)["state"] == "Succeeded"
         assert backend.get("statefulsets", f"{NAME}-trainer") is None  # never re-created
+
+
+def test_ttl_deletes_a_finished_job_after_the_ttl_and_not_before(
+    backend: Backend, job: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``runPolicy.ttlSecondsAfterFinished``: counted from ``completionTime``, checked on every reconcile.
+
+    Time is driven by hand: every reconcile runs at ``clock[0]`` (the handlers' ``now`` is replaced),
+    and the spy records the time and the actions of each finished reconcile.
+    """
+    t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    clock = [t0]
+    seen: list[tuple[datetime.datetime, list[str]]] = []
+    real_reconcile = handlers.reconcile
+
+    async def at_fake_time(
+        body: Any, observed: Any, runtime: Any, kube: Any, now: datetime.datetime
+    ) -> reconcile_module.Outcome:
+        at = clock[0]
+        outcome = await real_reconcile(body, observed, runtime, kube, at)
+        seen.append((at, list(outcome.actions)))
+        return outcome
+
+    def reconciled_at(at: datetime.datetime) -> list[list[str]]:
+        return [actions for when, actions in list(seen) if when == at]
+
+    def poke(value: str) -> None:  # any event runs a reconcile
+        backend.patch(t.PLURAL, NAME, {"metadata": {"labels": {"poke": value}}})
+
+    ttl_delete = f"delete {t.KIND}/{NAME} (ttlSecondsAfterFinished)"
+    monkeypatch.setattr(handlers, "reconcile", at_fake_time)
+    job["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 100}
+    backend.apply(t.PLURAL, job)
+    with backend.operator() as op:
+        wait_for(lambda: all_children(backend))
+        assert wait_state(backend, "Created")["startTime"] == "2026-01-01T00:00:00Z"
+
+        clock[0] = t0 + datetime.timedelta(seconds=50)  # training finishes 50 s after the start
+        op.runtime.metrics.put_trainer(backend.namespace, NAME, t.TrainerStatus(step=200))
+        poke("1")
+        st = wait_state(backend, "Succeeded")
+        assert st["completionTime"] == "2026-01-01T00:00:50Z"
+
+        # 99 s after completion (and 149 s after the start: a TTL counted from the start would fire here)
+        clock[0] = t0 + datetime.timedelta(seconds=149)
+        poke("2")
+        wait_for(lambda: reconciled_at(clock[0]))
+        assert [a for _, actions in list(seen) for a in actions if a == ttl_delete] == []
+        kept = backend.get(t.PLURAL, NAME)
+        assert kept is not None and "deletionTimestamp" not in kept["metadata"]
+
+        # 100 s after completion: the job goes, and its children with it (owner references)
+        clock[0] = t0 + datetime.timedelta(seconds=150)
+        poke("3")
+        wait_for(lambda: backend.get(t.PLURAL, NAME) is None)
+        assert {when for when, actions in list(seen) if ttl_delete in actions} == {clock[0]}  # then, never before
+        wait_for(lambda: not any(backend.get(plural, name) for plural, name in CHILDREN))
 
 
 def test_backoff_limit_fails_the_job_and_it_stays_failed(backend: Backend, job: dict[str, Any]) -> None:
