@@ -185,3 +185,66 @@ def test_rlvr_job_the_semantic_checks_refuse_fails_before_any_child(backend: Bac
         assert "spec.trainer.data.trainFiles[0]" in failed["message"] and "Parquet" in failed["message"]
         assert "startTime" not in st
         assert all(backend.get(plural, name) is None for plural, name in RLVR_CHILDREN)
+
+
+def _trainer_pod(name: str) -> dict[str, Any]:
+    """Rank 0 as the kubelet would report it once started; its exporter runs in this process."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "team-a",
+            "labels": {
+                "app.kubernetes.io/managed-by": "mtp-operator",
+                "mtp.io/job-name": NAME,
+                "app.kubernetes.io/component": "trainer",
+            },
+        },
+        "spec": {"containers": [{"name": "trainer", "image": "x"}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [{"name": "trainer"}]},
+    }
+
+
+def test_rank_0s_rl_step_lands_in_status(tmp_path: Path) -> None:
+    """The trainer's own RL exporter -> the scrape daemon -> the store -> a reconcile -> status.rl."""
+    from prometheus_client import start_http_server
+
+    from mtp_operator.settings import OperatorConfig
+    from mtp_operator.testing.harness import OperatorThread, ServerThread
+    from mtp_trainer.config import MetricsConfig
+    from mtp_trainer.metrics import Metrics
+    from mtp_trainer.rl.metrics import RLMetrics, RLStepRecord
+
+    m = Metrics(MetricsConfig(job=NAME, namespace="team-a"), tmp_path)
+    RLMetrics(m).record(
+        RLStepRecord(
+            step=7, weight_version=7, reward_mean=0.43751, reward_std=0.5, accuracy=0.4062, parse_failures=3,
+            samples=64, response_length_mean=21.5, policy_loss=-0.01, entropy=0.9, clip_fraction=0.02,
+            kl_old=0.001, kl_ref=None, mtp_loss=[1.5], mtp_agreement=[0.8], grad_norm=[1.0], learning_rate=5e-5,
+            phase_seconds={"generate": 3.0, "reward": 0.1, "train": 2.0, "sync": 0.5}, generated_tokens=1376,
+            generation_tokens_per_s=458.7, acceptance_rate=0.81234, mean_acceptance_length=2.62468,
+        )
+    )  # fmt: skip
+    server, _ = start_http_server(0, addr="127.0.0.1", registry=m.registry)
+    body = rlvr_manifest(metricsPort=server.server_port)
+    config = OperatorConfig(
+        standalone=True, metrics_port=0, health_port=0, resync_seconds=0.5, scrape_seconds=0.5,
+        status_min_interval_seconds=0,
+    )  # fmt: skip
+    try:
+        with ServerThread() as api, OperatorThread(api.url, config):
+            srv = api.server
+            api.call(lambda: srv.put_object(t.PLURAL, body))
+            api.call(lambda: srv.put_object("pods", _trainer_pod(f"{NAME}-trainer-0")))
+
+            def rl() -> dict[str, Any] | None:
+                job = api.call(lambda: srv.get_object(t.PLURAL, "team-a", NAME)) or {}
+                return (job.get("status") or {}).get("rl")
+
+            assert wait_for(rl) == {
+                "step": 7, "rewardMean": 0.438, "accuracy": 0.406, "acceptanceRate": 0.812,
+                "meanAcceptanceLength": 2.625, "weightVersion": 7,
+            }  # fmt: skip
+    finally:
+        server.shutdown()
