@@ -167,36 +167,35 @@ def vllm_args(model: str, *device: str) -> list[str]:
 
 CPU_ARGS = ("--enforce-eager",)
 CPU_ENV = {"MTP_ROLLOUT_CHECK_MTP": "1", "MTP_ROLLOUT_CPU": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+# rlvr: vLLM's RL API (dev mode) and the shared-volume weight-transfer engine, after the speculative config
+WEIGHT_SYNC_ARGS = ["--weight-transfer-config", '{"backend":"mtp_shared_fs"}']
+WEIGHT_SYNC_ENV = {"VLLM_SERVER_DEV_MODE": "1"}
+RLVR = both(set_("spec.pipeline", "rlvr"), set_("spec.reward", {}))
 
 ROLLOUT_CASES = [
     # (id, mutate, model path, args, env, init container expected, gpus)
     ("sft-serves-export", None, "/ckpt/hf", vllm_args("/ckpt/hf", *CPU_ARGS), CPU_ENV, True, None),
     (
-        "rlvr-serves-hf-source-on-gpus",
+        "rlvr-on-gpus-serves-export-with-weight-sync",
         both(
-            set_("spec.pipeline", "rlvr"),
+            RLVR,
             set_("spec.model.source", {"huggingFace": {"id": "Qwen/Qwen3.5-0.8B"}}),
-            set_("spec.reward", {}),
             set_("spec.rollout.gpusPerReplica", 2),
             set_("spec.rollout.tensorParallelSize", 2),
         ),
-        "Qwen/Qwen3.5-0.8B",
-        vllm_args("Qwen/Qwen3.5-0.8B", "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.9"),
-        {"MTP_ROLLOUT_CHECK_MTP": "1"},
-        False,
+        "/ckpt/hf",  # rlvr serves the trainer's export of its initial policy, never the source model
+        vllm_args("/ckpt/hf", "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.9") + WEIGHT_SYNC_ARGS,
+        {"MTP_ROLLOUT_CHECK_MTP": "1"} | WEIGHT_SYNC_ENV,
+        True,
         2,
     ),
     (
-        "rlvr-serves-pvc-source",
-        both(
-            set_("spec.pipeline", "rlvr"),
-            set_("spec.model.source", {"pvc": {"claimName": "models", "path": "m"}}),
-            set_("spec.reward", {}),
-        ),
-        "/models/source/m",
-        vllm_args("/models/source/m", *CPU_ARGS),
-        CPU_ENV,
-        False,
+        "rlvr-pvc-source-serves-export-with-weight-sync",
+        both(RLVR, set_("spec.model.source", {"pvc": {"claimName": "models", "path": "m"}})),
+        "/ckpt/hf",
+        vllm_args("/ckpt/hf", *CPU_ARGS) + WEIGHT_SYNC_ARGS,
+        CPU_ENV | WEIGHT_SYNC_ENV,
+        True,
         None,
     ),
 ]
@@ -239,13 +238,38 @@ def test_rollout_without_shared_volume_cannot_serve_the_export() -> None:
         rollout_model_path(job)
 
 
+def changed_paths(x: Any, y: Any, path: str = "") -> list[str]:
+    """The paths of every leaf that differs between two objects (lists of equal length item by item)."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        return [p for k in sorted(set(x) | set(y)) for p in changed_paths(x.get(k), y.get(k), f"{path}.{k}")]
+    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+        return [p for i, (u, v) in enumerate(zip(x, y, strict=True)) for p in changed_paths(u, v, f"{path}[{i}]")]
+    return [] if x == y else [path]
+
+
 def test_speculative_tokens_change_only_the_rollout_template() -> None:
     a = make()
     b = make(set_("spec.rollout.speculative.numSpeculativeTokens", 3))
     ca, cb = desired_children(a), desired_children(b)
-    kinds = [(o["kind"], o["metadata"]["name"]) for o in ca]
-    changed = {k for k, x, y in zip(kinds, ca, cb, strict=True) if x != y}
-    assert changed == {("ConfigMap", "demo-config"), ("Deployment", "demo-rollout")}
+    assert [(o["kind"], o["metadata"]["name"]) for o in ca] == [(o["kind"], o["metadata"]["name"]) for o in cb]
+    changed = {(x["kind"], x["metadata"]["name"]): changed_paths(x, y) for x, y in zip(ca, cb, strict=True)}
+    assert changed == {
+        ("ConfigMap", "demo-config"): [
+            ".data.job.yaml",  # the spec as the trainer reads it
+            ".data.rollout.json",  # the server plan
+            ".metadata.annotations.mtp.io/spec-hash",
+        ],
+        ("Service", "demo-trainer"): [],
+        ("StatefulSet", "demo-trainer"): [],  # an SFT trainer never reads the rollout: it does not restart
+        ("Service", "demo-rollout"): [],
+        ("Deployment", "demo-rollout"): [
+            ".metadata.annotations.mtp.io/spec-hash",
+            ".spec.template.metadata.annotations.mtp.io/config-hash",
+            ".spec.template.spec.containers[0].args[20]",  # the --speculative-config value
+        ],
+    }
+    args = cb[4]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[19:21] == ["--speculative-config", '{"method":"mtp","num_speculative_tokens":3}']
 
 
 @pytest.mark.parametrize(
