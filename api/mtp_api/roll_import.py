@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mtp_api import types as t
+from mtp_api.inputs import INT64_MAX, MAX_NODES, InputError, kind_of, read_yaml_documents
 
 _INTERP = re.compile(r"\$\{([^${}]+)\}")
 _MISSING = object()
@@ -35,8 +34,13 @@ _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float
            "fp32": "float32", "float32": "float32"}  # fmt: skip
 
 
-class RollImportError(ValueError):
-    """The ROLL file cannot be converted at all (unreadable, no training worker)."""
+class RollImportError(InputError):
+    """The ROLL file cannot be converted (unreadable, no training worker, a value of the wrong kind);
+    the message names the ROLL key and the fix."""
+
+
+# GPU indices one device_mapping may list: 4096 trainer pods x 16 GPUs, the API's own ceiling.
+MAX_DEVICES = 4096 * 16
 
 
 @dataclass
@@ -78,7 +82,15 @@ def resolve_interpolations(root: dict[str, Any], notes: list[str]) -> dict[str, 
             return "${" + expr + "}"
         return walk(found, depth + 1)
 
+    produced = 0
+
     def walk(node: Any, depth: int = 0) -> Any:
+        nonlocal produced
+        produced += 1
+        if produced > MAX_NODES:
+            raise RollImportError(
+                f"${{...}} references expand to more than {MAX_NODES} values; write the values out instead"
+            )
         if depth > 20:
             raise RollImportError("interpolation loop: a ${...} reference refers back to itself")
         if isinstance(node, dict):
@@ -95,27 +107,41 @@ def resolve_interpolations(root: dict[str, Any], notes: list[str]) -> dict[str, 
     return walk(root)
 
 
-def parse_device_mapping(value: Any) -> list[int]:
-    """ROLL writes device_mapping as ``list(range(0,32))``, ``"[0, 1, 2]"`` or a real list."""
+def _gpu_indices(values: Any, key: str, shown: Any) -> list[int]:
+    if len(values) > MAX_DEVICES:
+        raise RollImportError(f"{key}: {len(values)} GPUs is more than the {MAX_DEVICES} a job may use")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT64_MAX for v in values):
+        raise RollImportError(f"{key} {shown!r}: GPU indices are integers >= 0, such as [0, 1, 2, 3]")
+    return list(values)
+
+
+def parse_device_mapping(value: Any, key: str = "device_mapping") -> list[int]:
+    """ROLL writes device_mapping as ``list(range(0,32))``, ``"[0, 1, 2]"`` or a real list.
+
+    The size is checked before anything is expanded: ``list(range(0, 2000000000))`` is an error,
+    not two billion integers in memory."""
     if isinstance(value, list):
-        return [int(v) for v in value]
+        return _gpu_indices(value, key, value)
     if not isinstance(value, str):
-        raise RollImportError(f"device_mapping: expected a string or list, got {value!r}")
+        raise RollImportError(f"{key}: expected a string such as list(range(0,8)) or a list, got {value!r}")
     text = value.strip()
     m = re.fullmatch(r"list\(\s*range\(\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?(?:,\s*(-?\d+)\s*)?\)\s*\)", text)
     if m:
-        a, b, c = m.groups()
-        args = [int(a)] if b is None else [int(a), int(b)] + ([int(c)] if c else [])
-        return list(range(*args))
+        args = [int(a) for a in m.groups() if a is not None]
+        try:
+            span = range(*args)
+        except ValueError as exc:  # a zero step
+            raise RollImportError(f"{key} {value!r}: {exc}") from None
+        return _gpu_indices(span, key, value)
+    if len(text) > 1_000_000:
+        raise RollImportError(f"{key}: a literal of {len(text)} characters; use list(range(a,b))")
     try:
         parsed = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as exc:
-        raise RollImportError(
-            f"device_mapping {value!r}: expected list(range(a,b)) or a literal list like [0, 1]"
-        ) from exc
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+        raise RollImportError(f"{key} {value!r}: expected list(range(a,b)) or a literal list like [0, 1]") from None
     if not isinstance(parsed, list | tuple):
-        raise RollImportError(f"device_mapping {value!r}: expected a list of GPU indices")
-    return [int(v) for v in parsed]
+        raise RollImportError(f"{key} {value!r}: expected a list of GPU indices")
+    return _gpu_indices(parsed, key, value)
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -138,6 +164,48 @@ class _Reader:
     def mark(self, dotted: str) -> None:
         self.used.add(dotted)
 
+    def integer(self, dotted: str, default: int, *, minimum: int = 0, zero_means_default: bool = False) -> int:
+        """An integer setting; words, fractions, unresolved ``${...}`` and out-of-range values are
+        errors naming the key. ``zero_means_default``: ROLL's own ``x or default`` reading of 0."""
+        value = self.get(dotted)
+        if value is None:
+            return default
+        number = _as_int(value)
+        if number is None:
+            raise RollImportError(f"{dotted}: expected an integer, got {_shown(value)}{_unresolved_hint(value)}")
+        if number == 0 and zero_means_default:
+            return default
+        if not minimum <= number <= INT64_MAX:
+            raise RollImportError(f"{dotted}: {number} is out of range; use an integer from {minimum} to {INT64_MAX}")
+        return number
+
+    def number(self, dotted: str) -> float | None:
+        """A number setting, or None when absent; anything but a finite number is an error naming the key."""
+        value = self.get(dotted)
+        if value is None:
+            return None
+        number: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is None or not math.isfinite(number):
+            raise RollImportError(f"{dotted}: expected a number, got {_shown(value)}{_unresolved_hint(value)}")
+        return number
+
+    def strings(self, dotted: str) -> list[str]:
+        """A file name or a list of them; anything else is an error naming the key."""
+        value = self.get(dotted)
+        if value is None:
+            return []
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise RollImportError(f"{dotted}: expected a file name or a list of file names, got {_shown(value)}")
+        return list(items)
+
     def leftovers(self) -> list[str]:
         out: list[str] = []
 
@@ -152,6 +220,31 @@ class _Reader:
 
         walk(self.root, "")
         return out
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _unresolved_hint(value: Any) -> str:
+    if isinstance(value, str) and "${" in value:
+        return " (an unresolved ${...}: set the environment variable or give a default, ${oc.env:NAME,1})"
+    return ""
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?\d{1,25}", text):
+            return int(text)
+    return None
 
 
 def _name(raw: Any, fallback: str) -> str:
@@ -187,7 +280,12 @@ def _mtp_layers_from_checkpoint(model_ref: str, base: Path) -> int | None:
 
     p = Path(model_ref)
     p = p if p.is_absolute() else base / p
-    return read_checkpoint_mtp_layers(p) if p.is_dir() else None
+    try:
+        return read_checkpoint_mtp_layers(p) if p.is_dir() else None
+    except InputError as exc:
+        raise RollImportError(f"pretrain: {exc}; fix the checkpoint or set mtp_num_layers") from None
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        raise RollImportError(f"pretrain {_shown(model_ref)}: not a usable path ({exc})") from None
 
 
 # ------------------------------------------------------------------------------------ convert
@@ -198,200 +296,32 @@ def convert(roll: dict[str, Any], *, base_dir: Path | None = None) -> ImportResu
     notes: list[str] = []
     cfg = resolve_interpolations(roll, notes)
     r = _Reader(cfg)
-    worker = "actor_train" if "actor_train" in cfg else "sft_train" if "sft_train" in cfg else None
-    if worker is None:
+    w = "actor_train" if "actor_train" in cfg else "sft_train" if "sft_train" in cfg else None
+    if w is None:
         raise RollImportError("no training worker: expected an actor_train (RLVR) or sft_train (SFT) section")
-    has_rewards = isinstance(cfg.get("rewards"), dict) and bool(cfg["rewards"])
-    pipeline = "rlvr" if worker == "actor_train" and (has_rewards or "actor_infer" in cfg) else "sft"
-    w = worker
-    sc = f"{w}.strategy_args.strategy_config"
+    rewards = cfg.get("rewards")
+    has_rewards = isinstance(rewards, dict) and bool(rewards)
+    pipeline = "rlvr" if w == "actor_train" and (has_rewards or "actor_infer" in cfg) else "sft"
 
     strategy_name = r.get(f"{w}.strategy_args.strategy_name")
     if strategy_name not in (None, "megatron_train"):
         notes.append(f"{w}.strategy_args.strategy_name is {strategy_name!r}: the trainer uses Megatron-core")
-
-    model_ref = r.get("pretrain") or r.get(f"{w}.model_args.model_name_or_path")
-    if not model_ref:
-        raise RollImportError("no model: set pretrain or actor_train.model_args.model_name_or_path")
-    source, note = _source(str(model_ref))
-    notes += [note] if note else []
-    family, note = _family(str(model_ref))
-    notes += [note] if note else []
-    model: dict[str, Any] = {"source": source, "family": family}
-    dtype = r.get(f"{w}.model_args.dtype")
-    if dtype is not None:
-        if str(dtype) not in _DTYPES:
-            notes.append(f"{w}.model_args.dtype {dtype!r} unknown; left at the default")
-        else:
-            model["dtype"] = _DTYPES[str(dtype)]
-    mtp_layers = r.get(f"{sc}.mtp_num_layers")
-    if mtp_layers is None:
-        mtp_layers = _mtp_layers_from_checkpoint(str(model_ref), base_dir or Path.cwd())
-    if mtp_layers is not None:
-        model["mtpNumLayers"] = int(mtp_layers)
-
-    # ---- trainer layout
-    gpn = int(r.get("num_gpus_per_node", 8) or 8)
-    devices = parse_device_mapping(r.get(f"{w}.device_mapping")) if r.get(f"{w}.device_mapping") is not None else []
-    n_gpus = len(devices) or gpn
-    replicas = max(1, math.ceil(n_gpus / gpn))
-    per_replica = min(n_gpus, gpn)
-    tp = int(r.get(f"{sc}.tensor_model_parallel_size", 1) or 1)
-    pp = int(r.get(f"{sc}.pipeline_model_parallel_size", 1) or 1)
-    for key in ("context_parallel_size", "expert_model_parallel_size", "virtual_pipeline_model_parallel_size"):
-        v = r.get(f"{sc}.{key}")
-        if v not in (None, 1):
-            notes.append(f"{sc}.{key}={v}: not supported by the trainer yet; dropped")
-    strategy: dict[str, Any] = {"tensorParallelSize": tp, "pipelineParallelSize": pp}
-    if r.get(f"{sc}.sequence_parallel") is not None:
-        strategy["sequenceParallel"] = bool(r.get(f"{sc}.sequence_parallel")) and tp > 1
-    gran = r.get(f"{sc}.recompute_granularity")
-    if gran is not None:
-        strategy["recompute"] = gran if gran in ("full", "selective") else "none"
-    if r.get(f"{sc}.use_distributed_optimizer") is not None:
-        strategy["distributedOptimizer"] = bool(r.get(f"{sc}.use_distributed_optimizer"))
-    for flag in ("bf16", "fp16"):
-        r.get(f"{sc}.{flag}")
-
-    # mtp_training_mode lives either on the worker or inside strategy_config
-    mode = r.get(f"{w}.mtp_training_mode", _MISSING)
-    mode = r.get(f"{sc}.mtp_training_mode") if mode is _MISSING else mode
-    scale = r.get(f"{w}.mtp_loss_scaling_factor", _MISSING)
-    scale = r.get(f"{sc}.mtp_loss_scaling_factor") if scale is _MISSING else scale
-    mtp: dict[str, Any] = {}
-    if mode is not None:
-        if mode not in ("disabled", "standalone", "joint"):
-            notes.append(f"mtp_training_mode {mode!r} has no equivalent (disabled, standalone, joint); left disabled")
-        else:
-            mtp["trainingMode"] = mode
-    if scale is not None:
-        mtp["lossScalingFactor"] = float(scale)
-
-    # ---- hyper-parameters
-    ta = f"{w}.training_args"
-    micro = int(r.get(f"{ta}.per_device_train_batch_size", 1) or 1)
-    accum = int(r.get(f"{ta}.gradient_accumulation_steps", 1) or 1)
-    dp = max(1, (replicas * per_replica) // (tp * pp))
-    hp: dict[str, Any] = {
-        "microBatchSize": micro,
-        "gradientAccumulationSteps": accum,
-        "globalBatchSize": micro * dp * accum,
+    spec: dict[str, Any] = {
+        "pipeline": pipeline,
+        "model": _model(r, w, base_dir or Path.cwd(), notes),
+        "trainer": _trainer(r, w, notes),
     }
-    for src, dst, cast in (
-        (f"{ta}.learning_rate", "learningRate", float),
-        (f"{ta}.weight_decay", "weightDecay", float),
-        (f"{ta}.warmup_steps", "warmupSteps", int),
-        ("max_steps", "maxSteps", int),
-        ("save_steps", "saveSteps", int),
-        ("eval_steps", "evalSteps", int),
-        ("seed", "seed", int),
-    ):
-        v = r.get(src)
-        if v is not None:
-            hp[dst] = cast(v)
-    if r.get(f"{ta}.lr_scheduler_type") == "constant" and "learningRate" in hp:
-        hp["minLearningRate"] = hp["learningRate"]
-    seq = r.get("sequence_length")
-    if seq is None and r.get("prompt_length") is not None:
-        seq = int(r.get("prompt_length")) + int(r.get("response_length", 0) or 0)
-    if seq is not None:
-        hp["seqLength"] = int(seq)
-    if r.get(f"{ta}.num_train_epochs") is not None and "maxSteps" not in hp:
-        notes.append(f"{ta}.num_train_epochs has no equivalent; set spec.trainer.hyperparameters.maxSteps")
-
-    files = r.get(f"{w}.data_args.file_name")
-    files = [files] if isinstance(files, str) else list(files or [])
-    if not files:
-        notes.append(f"{w}.data_args.file_name missing: trainFiles left as a placeholder to edit")
-        files = ["/data/train.jsonl"]
-    keyed = [r.get("prompt_key"), r.get("response_key")]
-    fmt = "prompt_response" if any(keyed) else "messages"
-    if r.get(f"{w}.use_sequence_packing") is False:
-        notes.append(f"{w}.use_sequence_packing is false: the trainer always packs sequences")
-    r.get(f"{w}.data_args.messages")
-    data: dict[str, Any] = {"trainFiles": files, "format": fmt}
-    val = r.get("validation.data_args.file_name")
-    if val:
-        data["validationFiles"] = [val] if isinstance(val, str) else list(val)
-    trainer: dict[str, Any] = {
-        "replicas": replicas,
-        "gpusPerReplica": per_replica,
-        "strategy": strategy,
-        "hyperparameters": hp,
-        "data": data,
-    }
-    if mtp:
-        trainer["mtp"] = mtp
-
-    spec: dict[str, Any] = {"pipeline": pipeline, "model": model, "trainer": trainer}
-
-    # ---- rollout (actor_infer)
     if "actor_infer" in cfg:
-        isc = "actor_infer.strategy_args.strategy_config"
-        engine = r.get("actor_infer.strategy_args.strategy_name")
-        if engine not in (None, "vllm"):
-            notes.append(f"actor_infer.strategy_args.strategy_name is {engine!r}: the rollout uses vLLM")
-        itp = int(r.get(f"{isc}.tensor_parallel_size", 1) or 1)
-        per_worker = int(r.get("actor_infer.num_gpus_per_worker", itp) or itp)
-        per_worker = max(per_worker, itp)
-        idev = r.get("actor_infer.device_mapping")
-        infer_devices = parse_device_mapping(idev) if idev is not None else []
-        n_infer = len(infer_devices) or per_worker
-        if set(infer_devices) & set(devices):
-            notes.append(
-                "actor_infer shares GPUs with the trainer in ROLL (colocation); here the rollout Deployment "
-                f"gets its own {n_infer} GPUs: lower spec.rollout.replicas to use fewer"
-            )
-        rollout: dict[str, Any] = {
-            "replicas": max(1, n_infer // per_worker),
-            "tensorParallelSize": itp,
-            "gpusPerReplica": per_worker,
-        }
-        gmu = r.get(f"{isc}.gpu_memory_utilization")
-        if gmu is not None:
-            rollout["gpuMemoryUtilization"] = float(gmu)
-        spec_cfg = r.get(f"{isc}.speculative_config")
-        if isinstance(spec_cfg, dict):
-            method = spec_cfg.get("method", "mtp")
-            if method != "mtp":
-                notes.append(f"{isc}.speculative_config.method {method!r}: only mtp drafting is supported")
-            rollout["speculative"] = {
-                "method": "mtp" if method == "mtp" else "none",
-                "numSpeculativeTokens": int(spec_cfg.get("num_speculative_tokens", 1)),
-            }
-        else:
-            rollout["speculative"] = {"method": "none"}
-        ga = "actor_infer.generating_args"
-        gen: dict[str, Any] = {}
-        if r.get(f"{ga}.max_new_tokens") is not None:
-            gen["maxTokens"] = int(r.get(f"{ga}.max_new_tokens"))
-        if r.get(f"{ga}.temperature") is not None:
-            gen["temperature"] = float(r.get(f"{ga}.temperature"))
-        if r.get(f"{ga}.top_p") is not None:
-            gen["topP"] = float(r.get(f"{ga}.top_p"))
-        if r.get("prompt_length") is not None:
-            gen["maxModelLen"] = int(r.get("prompt_length")) + int(r.get("response_length", 0) or 0)
-        if gen:
-            rollout["generation"] = gen
-        spec["rollout"] = rollout
-
-    # ---- rewards
+        devices = _devices(r, f"{w}.device_mapping")
+        spec["rollout"] = _rollout(r, devices, notes)
     if has_rewards:
-        mapped = False
-        for key, worker_cfg in cfg["rewards"].items():
-            cls = str((worker_cfg or {}).get("worker_cls", ""))
-            if key == "math" or "MathRule" in cls:
-                r.mark(f"rewards.{key}")
-                mapped = True
-            else:
-                notes.append(f"rewards.{key} ({cls or 'no worker_cls'}): only the math reward is supported; dropped")
-                r.mark(f"rewards.{key}")
-        if mapped:
-            spec["reward"] = {"type": "math"}
-
+        assert isinstance(rewards, dict)
+        reward = _rewards(r, rewards, notes)
+        if reward:
+            spec["reward"] = reward
     for k in ("adv_estimator", "rollout_batch_size", "num_return_sequences_in_group", "ppo_epochs"):
         if r.get(k) is not None:
-            notes.append(f"{k}={r.get(k)!r}: RL algorithm settings arrive with the RLVR loop; not mapped yet")
+            notes.append(f"{k}={_shown(r.get(k))}: RL algorithm settings arrive with the RLVR loop; not mapped yet")
 
     manifest = {
         "apiVersion": t.API_VERSION,
@@ -402,14 +332,224 @@ def convert(roll: dict[str, Any], *, base_dir: Path | None = None) -> ImportResu
     return ImportResult(manifest=manifest, unmapped=r.leftovers(), notes=notes)
 
 
+def _model(r: _Reader, w: str, base_dir: Path, notes: list[str]) -> dict[str, Any]:
+    model_ref = r.get("pretrain") or r.get(f"{w}.model_args.model_name_or_path")
+    if not model_ref:
+        raise RollImportError("no model: set pretrain or actor_train.model_args.model_name_or_path")
+    if not isinstance(model_ref, str):
+        raise RollImportError(
+            f"pretrain: expected a local path or a Hugging Face id (org/name), got {_shown(model_ref)}"
+        )
+    source, note = _source(model_ref)
+    notes += [note] if note else []
+    family, note = _family(model_ref)
+    notes += [note] if note else []
+    model: dict[str, Any] = {"source": source, "family": family}
+    dtype = r.get(f"{w}.model_args.dtype")
+    if dtype is not None:
+        if str(dtype) not in _DTYPES:
+            notes.append(f"{w}.model_args.dtype {_shown(dtype)} unknown; left at the default")
+        else:
+            model["dtype"] = _DTYPES[str(dtype)]
+    sc = f"{w}.strategy_args.strategy_config"
+    mtp_layers: int | None = r.integer(f"{sc}.mtp_num_layers", -1)
+    if mtp_layers == -1:
+        mtp_layers = _mtp_layers_from_checkpoint(model_ref, base_dir)
+    if mtp_layers is not None:
+        model["mtpNumLayers"] = mtp_layers
+    return model
+
+
+def _devices(r: _Reader, key: str) -> list[int]:
+    value = r.get(key)
+    return parse_device_mapping(value, key) if value is not None else []
+
+
+def _trainer(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
+    sc = f"{w}.strategy_args.strategy_config"
+    gpn = r.integer("num_gpus_per_node", 8, minimum=1, zero_means_default=True)
+    n_gpus = len(_devices(r, f"{w}.device_mapping")) or gpn
+    replicas = max(1, math.ceil(n_gpus / gpn))
+    per_replica = min(n_gpus, gpn)
+    tp = r.integer(f"{sc}.tensor_model_parallel_size", 1, minimum=1)
+    pp = r.integer(f"{sc}.pipeline_model_parallel_size", 1, minimum=1)
+    for key in ("context_parallel_size", "expert_model_parallel_size", "virtual_pipeline_model_parallel_size"):
+        v = r.get(f"{sc}.{key}")
+        if v not in (None, 1):
+            notes.append(f"{sc}.{key}={_shown(v)}: not supported by the trainer yet; dropped")
+    strategy: dict[str, Any] = {"tensorParallelSize": tp, "pipelineParallelSize": pp}
+    if r.get(f"{sc}.sequence_parallel") is not None:
+        strategy["sequenceParallel"] = bool(r.get(f"{sc}.sequence_parallel")) and tp > 1
+    gran = r.get(f"{sc}.recompute_granularity")
+    if gran is not None:
+        strategy["recompute"] = gran if gran in ("full", "selective") else "none"
+    if r.get(f"{sc}.use_distributed_optimizer") is not None:
+        strategy["distributedOptimizer"] = bool(r.get(f"{sc}.use_distributed_optimizer"))
+    for flag in ("bf16", "fp16"):
+        r.get(f"{sc}.{flag}")
+    trainer: dict[str, Any] = {
+        "replicas": replicas,
+        "gpusPerReplica": per_replica,
+        "strategy": strategy,
+        "hyperparameters": _hyperparameters(r, w, max(1, (replicas * per_replica) // (tp * pp)), notes),
+        "data": _data(r, w, notes),
+    }
+    mtp = _mtp(r, w, notes)
+    if mtp:
+        trainer["mtp"] = mtp
+    return trainer
+
+
+def _mtp(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
+    """mtp_training_mode and the loss scale live either on the worker or inside strategy_config."""
+    sc = f"{w}.strategy_args.strategy_config"
+    mode = r.get(f"{w}.mtp_training_mode", _MISSING)
+    mode = r.get(f"{sc}.mtp_training_mode") if mode is _MISSING else mode
+    scale_key = f"{w}.mtp_loss_scaling_factor" if r.get(f"{w}.mtp_loss_scaling_factor") is not None else None
+    scale = r.number(scale_key or f"{sc}.mtp_loss_scaling_factor")
+    mtp: dict[str, Any] = {}
+    if mode is not None:
+        if mode not in ("disabled", "standalone", "joint"):
+            notes.append(
+                f"mtp_training_mode {_shown(mode)} has no equivalent (disabled, standalone, joint); left disabled"
+            )
+        else:
+            mtp["trainingMode"] = mode
+    if scale is not None:
+        mtp["lossScalingFactor"] = scale
+    return mtp
+
+
+def _hyperparameters(r: _Reader, w: str, dp: int, notes: list[str]) -> dict[str, Any]:
+    ta = f"{w}.training_args"
+    micro = r.integer(f"{ta}.per_device_train_batch_size", 1, minimum=1, zero_means_default=True)
+    accum = r.integer(f"{ta}.gradient_accumulation_steps", 1, minimum=1, zero_means_default=True)
+    hp: dict[str, Any] = {
+        "microBatchSize": micro,
+        "gradientAccumulationSteps": accum,
+        "globalBatchSize": micro * dp * accum,
+    }
+    for src, dst in ((f"{ta}.learning_rate", "learningRate"), (f"{ta}.weight_decay", "weightDecay")):
+        value = r.number(src)
+        if value is not None:
+            hp[dst] = value
+    for src, dst in (
+        (f"{ta}.warmup_steps", "warmupSteps"),
+        ("max_steps", "maxSteps"),
+        ("save_steps", "saveSteps"),
+        ("eval_steps", "evalSteps"),
+        ("seed", "seed"),
+    ):
+        if r.get(src) is not None:
+            hp[dst] = r.integer(src, 0)
+    if r.get(f"{ta}.lr_scheduler_type") == "constant" and "learningRate" in hp:
+        hp["minLearningRate"] = hp["learningRate"]
+    seq = _sequence_length(r)
+    if seq is not None:
+        hp["seqLength"] = seq
+    if r.get(f"{ta}.num_train_epochs") is not None and "maxSteps" not in hp:
+        notes.append(f"{ta}.num_train_epochs has no equivalent; set spec.trainer.hyperparameters.maxSteps")
+    return hp
+
+
+def _sequence_length(r: _Reader) -> int | None:
+    if r.get("sequence_length") is not None:
+        return r.integer("sequence_length", 0)
+    if r.get("prompt_length") is not None:
+        return r.integer("prompt_length", 0) + r.integer("response_length", 0)
+    return None
+
+
+def _data(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
+    files = r.strings(f"{w}.data_args.file_name")
+    if not files:
+        notes.append(f"{w}.data_args.file_name missing: trainFiles left as a placeholder to edit")
+        files = ["/data/train.jsonl"]
+    keyed = [r.get("prompt_key"), r.get("response_key")]
+    fmt = "prompt_response" if any(keyed) else "messages"
+    if r.get(f"{w}.use_sequence_packing") is False:
+        notes.append(f"{w}.use_sequence_packing is false: the trainer always packs sequences")
+    r.get(f"{w}.data_args.messages")
+    data: dict[str, Any] = {"trainFiles": files, "format": fmt}
+    val = r.strings("validation.data_args.file_name")
+    if val:
+        data["validationFiles"] = val
+    return data
+
+
+def _rollout(r: _Reader, train_devices: list[int], notes: list[str]) -> dict[str, Any]:
+    """actor_infer: the vLLM workers."""
+    isc = "actor_infer.strategy_args.strategy_config"
+    engine = r.get("actor_infer.strategy_args.strategy_name")
+    if engine not in (None, "vllm"):
+        notes.append(f"actor_infer.strategy_args.strategy_name is {_shown(engine)}: the rollout uses vLLM")
+    itp = r.integer(f"{isc}.tensor_parallel_size", 1, minimum=1)
+    per_worker = max(r.integer("actor_infer.num_gpus_per_worker", itp, minimum=1, zero_means_default=True), itp)
+    infer_devices = _devices(r, "actor_infer.device_mapping")
+    n_infer = len(infer_devices) or per_worker
+    if set(infer_devices) & set(train_devices):
+        notes.append(
+            "actor_infer shares GPUs with the trainer in ROLL (colocation); here the rollout Deployment "
+            f"gets its own {n_infer} GPUs: lower spec.rollout.replicas to use fewer"
+        )
+    rollout: dict[str, Any] = {
+        "replicas": max(1, n_infer // per_worker),
+        "tensorParallelSize": itp,
+        "gpusPerReplica": per_worker,
+    }
+    gmu = r.number(f"{isc}.gpu_memory_utilization")
+    if gmu is not None:
+        rollout["gpuMemoryUtilization"] = gmu
+    spec_cfg = r.get(f"{isc}.speculative_config")
+    if isinstance(spec_cfg, dict):
+        method = spec_cfg.get("method", "mtp")
+        if method != "mtp":
+            notes.append(f"{isc}.speculative_config.method {_shown(method)}: only mtp drafting is supported")
+        rollout["speculative"] = {
+            "method": "mtp" if method == "mtp" else "none",
+            "numSpeculativeTokens": r.integer(f"{isc}.speculative_config.num_speculative_tokens", 1),
+        }
+    else:
+        rollout["speculative"] = {"method": "none"}
+    ga = "actor_infer.generating_args"
+    gen: dict[str, Any] = {}
+    if r.get(f"{ga}.max_new_tokens") is not None:
+        gen["maxTokens"] = r.integer(f"{ga}.max_new_tokens", 0)
+    for src, dst in ((f"{ga}.temperature", "temperature"), (f"{ga}.top_p", "topP")):
+        value = r.number(src)
+        if value is not None:
+            gen[dst] = value
+    if r.get("prompt_length") is not None:
+        gen["maxModelLen"] = r.integer("prompt_length", 0) + r.integer("response_length", 0)
+    if gen:
+        rollout["generation"] = gen
+    return rollout
+
+
+def _rewards(r: _Reader, rewards: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
+    mapped = False
+    for key, worker_cfg in rewards.items():
+        if worker_cfg is not None and not isinstance(worker_cfg, dict):
+            raise RollImportError(
+                f"rewards.{key}: expected a mapping (worker_cls, ...), got {_shown(worker_cfg)}; "
+                "write it as a reward worker section or remove it"
+            )
+        cls = str((worker_cfg or {}).get("worker_cls", ""))
+        r.mark(f"rewards.{key}")
+        if key == "math" or "MathRule" in cls:
+            mapped = True
+        else:
+            notes.append(f"rewards.{key} ({cls or 'no worker_cls'}): only the math reward is supported; dropped")
+    return {"type": "math"} if mapped else None
+
+
 def convert_file(path: str | Path) -> ImportResult:
     p = Path(path)
-    if not p.is_file():
-        raise RollImportError(f"{p}: no such file; pass a ROLL pipeline YAML")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise RollImportError(f"{p}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RollImportError(f"{p}: expected a mapping at the top level")
-    return convert(data, base_dir=p.resolve().parent)
+        docs = read_yaml_documents(p, "a ROLL pipeline YAML")
+    except InputError as exc:
+        raise RollImportError(str(exc)) from None
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        found = f"{len(docs)} YAML documents" if len(docs) != 1 else kind_of(docs[0])
+        raise RollImportError(f"{p}: expected one mapping at the top level (a ROLL pipeline config), found {found}")
+    return convert(docs[0], base_dir=p.resolve().parent)

@@ -21,11 +21,11 @@ from typing import Any
 
 import celpy
 import jsonschema
-import yaml
 from pydantic import ValidationError
 
 from mtp_api import crd as crd_gen
 from mtp_api import types as t
+from mtp_api.inputs import InputError, kind_of, read_json, read_yaml_documents
 
 # Head sizes vLLM 0.32's CPU attention backend serves (smaller ones start, then fail on the first request);
 # vllm/v1/attention/backends/cpu_attn.py, CPUAttentionBackend.get_supported_head_sizes().
@@ -54,8 +54,8 @@ class Report:
         return not self.errors
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be read at all (missing file, broken YAML)."""
+class ManifestError(InputError):
+    """A manifest that cannot be read at all (missing file, not UTF-8, broken YAML, wrong shape)."""
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -64,19 +64,15 @@ class ManifestError(ValueError):
 def load_documents(path: str | Path) -> list[dict[str, Any]]:
     """Every non-empty YAML document in a file, each checked to be a mapping."""
     p = Path(path)
-    if not p.is_file():
-        raise ManifestError(f"{p}: no such file; pass the path of an MTPTrainingJob YAML manifest")
     try:
-        docs = [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{p}: not valid YAML: {exc}") from exc
+        docs = read_yaml_documents(p, "an MTPTrainingJob YAML manifest")
+    except InputError as exc:
+        raise ManifestError(str(exc)) from None
     if not docs:
         raise ManifestError(f"{p}: the file holds no YAML document")
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict):
-            raise ManifestError(
-                f"{p}: document {i} is a {type(doc).__name__}, expected a mapping (apiVersion, kind, ...)"
-            )
+            raise ManifestError(f"{p}: document {i} is {kind_of(doc)}, expected a mapping (apiVersion, kind, ...)")
     return docs
 
 
@@ -135,6 +131,12 @@ def _path(parts: Any) -> str:
     return out or "<root>"
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """A value as JSON for a message, shortened: a user's mistake may be a whole pasted file."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _describe(err: jsonschema.ValidationError) -> Finding:
     path = _path(err.absolute_path)
     v, s = err.validator, err.schema
@@ -151,10 +153,10 @@ def _describe(err: jsonschema.ValidationError) -> Finding:
         return Finding(f"{path}.{name}" if path != "<root>" else name, "Required value: this field must be set")
     if v == "enum":
         allowed = ", ".join(json.dumps(x) for x in s["enum"])
-        return Finding(path, f"Unsupported value {json.dumps(err.instance)}: supported values: {allowed}")
+        return Finding(path, f"Unsupported value {_show(err.instance)}: supported values: {allowed}")
     if v in ("type", "anyOf"):
         want = s.get("type") or "integer or string"
-        return Finding(path, f"Invalid value {json.dumps(err.instance)}: must be of type {want}")
+        return Finding(path, f"Invalid value {_show(err.instance)}: must be of type {want}")
     if v == "minimum":
         op = ">" if s.get("exclusiveMinimum") else ">="
         return Finding(path, f"Invalid value {err.instance!r}: must be {op} {s['minimum']}")
@@ -162,9 +164,9 @@ def _describe(err: jsonschema.ValidationError) -> Finding:
         op = "<" if s.get("exclusiveMaximum") else "<="
         return Finding(path, f"Invalid value {err.instance!r}: must be {op} {s['maximum']}")
     if v == "pattern":
-        return Finding(path, f"Invalid value {json.dumps(err.instance)}: must match {s['pattern']}")
+        return Finding(path, f"Invalid value {_show(err.instance)}: must match {s['pattern']}")
     if v == "minLength":
-        return Finding(path, f"Invalid value {json.dumps(err.instance)}: must be at least {s['minLength']} characters")
+        return Finding(path, f"Invalid value {_show(err.instance)}: must be at least {s['minLength']} characters")
     if v == "maxLength":
         return Finding(path, f"Too long: must have at most {s['maxLength']} characters")
     if v == "minItems":
@@ -231,32 +233,47 @@ def cel_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[F
 
 def mtp_layers_in_config(cfg: dict[str, Any]) -> int | None:
     """MTP depth from a parsed config.json (top level or ``text_config``), None when undeclared."""
-    for scope in (cfg, cfg.get("text_config") or {}):
+    text_config = cfg.get("text_config")
+    for scope in (cfg, text_config if isinstance(text_config, dict) else {}):
         for key in MTP_LAYER_KEYS:
-            if isinstance(scope.get(key), int):
-                return int(scope[key])
+            value = scope.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
     return None
 
 
 def read_checkpoint_mtp_layers(model_dir: Path) -> int | None:
-    """MTP depth from a checkpoint directory's config.json, None when unreadable or undeclared."""
+    """MTP depth from a checkpoint directory's config.json, None when there is none or it is undeclared.
+
+    A config.json that exists but cannot be used (not UTF-8, not JSON, not an object) raises an
+    InputError naming the file: the checkpoint is broken, and guessing would hide it."""
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
         return None
-    return mtp_layers_in_config(json.loads(cfg_path.read_text()))
+    cfg = read_json(cfg_path, "a Hugging Face config.json")
+    if not isinstance(cfg, dict):
+        raise InputError(f"{cfg_path}: holds {kind_of(cfg)}, expected a JSON object of model settings")
+    return mtp_layers_in_config(cfg)
 
 
 def fill_mtp_num_layers(obj: dict[str, Any], base_dir: Path) -> tuple[dict[str, Any], Finding | None]:
     """Where ``model.source.path`` names a readable checkpoint, take mtpNumLayers from it."""
-    spec = obj.get("spec") or {}
-    model = spec.get("model") or {}
-    src = (model.get("source") or {}).get("path")
-    if not isinstance(src, str):
+    spec = obj.get("spec")
+    model = spec.get("model") if isinstance(spec, dict) else None
+    source = model.get("source") if isinstance(model, dict) else None
+    src = source.get("path") if isinstance(source, dict) else None
+    if not isinstance(src, str) or not src or "\x00" in src:
         return obj, None
     model_dir = Path(src) if Path(src).is_absolute() else base_dir / src
-    found = read_checkpoint_mtp_layers(model_dir)
+    try:
+        found = read_checkpoint_mtp_layers(model_dir)
+    except InputError as exc:
+        return obj, Finding("spec.model.source.path", f"{exc}; fix or replace the checkpoint's config.json")
+    except OSError as exc:  # a path too long for the file system, a directory we may not read
+        return obj, Finding("spec.model.source.path", f"{src!r} cannot be read ({exc.strerror or exc})")
     if found is None:
         return obj, None
+    assert isinstance(model, dict)  # src was found inside it
     given = model.get("mtpNumLayers")
     if given is not None and given != found:
         return obj, Finding(
@@ -277,6 +294,16 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
     tr = spec.trainer
     hp = tr.hyperparameters
     dp = tr.data_parallel_size()
+    if dp < 1:  # CEL says so too; the operator reaches here without CEL (typed body from the API server)
+        errors.append(
+            Finding(
+                "spec.trainer.strategy",
+                f"tensorParallelSize x pipelineParallelSize = "
+                f"{tr.strategy.tensor_parallel_size * tr.strategy.pipeline_parallel_size} exceeds the "
+                f"{tr.world_size()} trainer processes (replicas x gpusPerReplica); lower them or add GPUs",
+            )
+        )
+        return errors, warnings
     per_step = hp.micro_batch_size * dp
     if hp.global_batch_size % per_step != 0:
         errors.append(
@@ -416,13 +443,13 @@ def validate_object(obj: dict[str, Any], old: dict[str, Any] | None = None, base
         report.errors.append(
             Finding(
                 "apiVersion/kind",
-                f"got {obj.get('apiVersion')!r}/{obj.get('kind')!r}; expected {t.API_VERSION!r}/{t.KIND!r}",
+                f"got {_show(obj.get('apiVersion'))}/{_show(obj.get('kind'))}; expected {t.API_VERSION!r}/{t.KIND!r}",
             )
         )
         return report
     meta = obj.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
-    if not isinstance(name, str) or not re.match(t.DNS_LABEL, name):
+    if not isinstance(name, str) or not re.fullmatch(t.DNS_LABEL, name):
         report.errors.append(
             Finding(
                 "metadata.name",

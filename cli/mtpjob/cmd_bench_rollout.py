@@ -11,11 +11,25 @@ import json
 from pathlib import Path
 
 
+def draft_lengths(text: str) -> list[int]:
+    """``--k 1,2,3``: draft lengths vLLM accepts (1-16); argparse turns the ValueError into exit 2."""
+    try:
+        ks = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers such as 1,2,3") from None
+    if not all(1 <= k <= 16 for k in ks):
+        raise argparse.ArgumentTypeError(f"{text!r}: each draft length must be between 1 and 16")
+    return ks
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="MTPTrainingJob YAML (server settings come from spec.rollout)")
     parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory with MTP weights")
     parser.add_argument(
-        "--k", default=None, help="comma-separated draft lengths (default: the job's numSpeculativeTokens)"
+        "--k",
+        type=draft_lengths,
+        default=None,
+        help="comma-separated draft lengths (default: the job's numSpeculativeTokens)",
     )
     parser.add_argument("--prompts", type=int, default=16, help="number of prompts (pydoc questions)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per prompt")
@@ -25,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
+    from mtp_api.contracts import EXIT_INVALID_SPEC
     from mtp_api.validation import ManifestError, load_job
     from mtp_rollout.bench import result_table, run_bench
     from mtp_rollout.checkpoint_check import CheckpointError, check_mtp_checkpoint
@@ -37,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
         job = load_job(args.file)
         check_mtp_checkpoint(args.model)
     except (ManifestError, CheckpointError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        return EXIT_INVALID_SPEC
     spec_k = job.spec.rollout.speculative.num_speculative_tokens if job.spec.rollout else 1
-    ks = [int(x) for x in args.k.split(",")] if args.k else [spec_k]
+    ks = args.k or [spec_k]
     out = args.output_dir or Path("runs") / job.metadata.name / "bench"
     try:
         result = run_bench(
@@ -54,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             on_progress=lambda msg: console.log(msg),
         )
     except ServerError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         return 1
     (out / "bench.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     console.print(result_table(result))

@@ -1,4 +1,9 @@
-"""`mtpjob import-roll FILE`: a ROLL pipeline YAML in, an MTPTrainingJob manifest out."""
+"""`mtpjob import-roll FILE`: a ROLL pipeline YAML in, an MTPTrainingJob manifest out.
+
+Exit status 0 when the converted manifest is valid, 2 when the file cannot be converted or the
+result is not valid yet (bad input, as for every command); each message names the ROLL key or
+the manifest field to fix.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from mtp_api.contracts import EXIT_INVALID_SPEC
 from mtp_api.roll_import import RollImportError, convert_file
 from mtp_api.validation import validate_object
 
@@ -22,10 +28,14 @@ def run(args: argparse.Namespace) -> int:
         result = convert_file(args.file)
     except RollImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID_SPEC
     text = yaml.safe_dump(result.manifest, sort_keys=False)
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            print(f"error: --output {args.output}: cannot be written ({exc.strerror or exc})", file=sys.stderr)
+            return EXIT_INVALID_SPEC
     else:
         sys.stdout.write(text)
     for note in result.notes:
@@ -39,4 +49,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
     if not report.ok:
         print("the converted manifest is not valid yet: fix the fields above", file=sys.stderr)
-    return 0 if report.ok else 1
+    return 0 if report.ok else EXIT_INVALID_SPEC

@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
+    from mtp_api.contracts import EXIT_INVALID_SPEC
     from mtp_api.validation import ManifestError, load_job
     from mtp_rollout.checkpoint_check import CheckpointError
     from mtp_rollout.local_run import RunOptions, run_local
@@ -42,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         job = load_job(args.file)
     except ManifestError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        return EXIT_INVALID_SPEC
     if job.spec.rollout is None or job.spec.rollout.gpus_per_replica != 0:
         console.print("[red]error:[/red] mtpjob run needs spec.rollout with gpusPerReplica: 0 (vLLM on CPU)")
-        return 2
+        return EXIT_INVALID_SPEC
     opts = RunOptions(
         job_file=args.file,
         output_dir=args.output_dir or Path("runs") / job.metadata.name,
@@ -60,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
     try:
         return run_local(job, opts, console)
     except CheckpointError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         return 1

@@ -149,7 +149,7 @@ def test_cli_validate_rejects(
     path.write_text(yaml.safe_dump(_mutated(tiny_sft, mutation)))
     rc = cli_main(["validate", str(path)])
     out = capsys.readouterr().out
-    assert rc == 1, out
+    assert rc == 2, out
     assert f"error: {field}:" in out and word in out, out
 
 
@@ -164,7 +164,7 @@ def test_semantic_checks_cel_cannot_express(
     assert [f.path for f in report.errors] == [field] and word in report.errors[0].message
     path = tmp_path / f"{case}.yaml"
     path.write_text(yaml.safe_dump(obj))
-    assert cli_main(["validate", str(path)]) == 1
+    assert cli_main(["validate", str(path)]) == 2
     assert f"error: {field}:" in capsys.readouterr().out
 
 
@@ -175,7 +175,7 @@ def test_warnings_are_not_errors(tiny_sft: dict[str, Any], tmp_path: Path, capsy
     assert cli_main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert "warning: spec.trainer.mtp.trainingMode: standalone with sft is allowed but unusual" in out
-    assert cli_main(["validate", "--strict", str(path)]) == 1
+    assert cli_main(["validate", "--strict", str(path)]) == 2
 
 
 def test_pipeline_is_immutable_on_update(tiny_sft: dict[str, Any]) -> None:
@@ -192,11 +192,11 @@ def test_unreadable_files_are_clear_errors(tmp_path: Path, capsys: Any) -> None:
     broken.write_text("spec: [unclosed\n")
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("just a string\n")
-    assert cli_main(["validate", str(tmp_path / "missing.yaml"), str(broken), str(scalar)]) == 1
+    assert cli_main(["validate", str(tmp_path / "missing.yaml"), str(broken), str(scalar)]) == 2
     out = capsys.readouterr().out
     assert "missing.yaml: no such file" in out
     assert "broken.yaml: not valid YAML" in out
-    assert "scalar.yaml: document 0 is a str, expected a mapping" in out
+    assert "scalar.yaml: document 0 is a string, expected a mapping" in out
 
 
 def test_wrong_kind_is_named(tiny_sft: dict[str, Any]) -> None:

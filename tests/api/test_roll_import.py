@@ -117,4 +117,4 @@ def test_cli_import_roll(tmp_path: Path, capsys: Any) -> None:
     assert "not mapped: kl_loss_coef" in err
     assert cli_main(["validate", str(out)]) == 0
     assert yaml.safe_load(out.read_text())["kind"] == "MTPTrainingJob"
-    assert cli_main(["import-roll", str(tmp_path / "nope.yaml")]) == 1
+    assert cli_main(["import-roll", str(tmp_path / "nope.yaml")]) == 2
