@@ -253,8 +253,10 @@ def test_rl_block_is_rounded_once_and_kept_while_rank_0_is_not_scraped() -> None
 
 
 def test_rlvr_is_created_only_once_the_peers_service_exists() -> None:
-    st = compute_status(rlvr_job(), None, children(1, 1), JobMetrics(), T0, generation=1)
-    assert st.state == "Pending" and st.rl is None
+    without = compute_status(rlvr_job(), None, children(0, 0), JobMetrics(), T0, generation=1)
+    assert (without.state, without.rl) == ("Pending", None)
+    with_peers = compute_status(rlvr_job(), None, rlvr_children(0, 0), JobMetrics(), T0, generation=1)
+    assert with_peers.state == "Created"  # the same children plus the peers Service: created, and not before
 
 
 def test_sft_has_no_rl_block() -> None:
