@@ -70,7 +70,7 @@ def test_render_explains_what_cannot_be_built(tmp_path: Path, capsys: pytest.Cap
     body["spec"]["trainer"]["volumes"] = {}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(body))
-    assert main(["render", str(path)]) == 1
+    assert main(["render", str(path)]) == 2  # bad input: contracts.EXIT_INVALID_SPEC, like every command
     err = capsys.readouterr().err
     # the CRD's CEL rule (evaluated by `render` like `validate`) names the field and the fix
     assert "spec.trainer.volumes: the rollout of an sft job" in err
