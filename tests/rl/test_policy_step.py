@@ -239,6 +239,8 @@ def test_frozen_reference_and_kl() -> None:
     second = rl_step(model, _optimizer(model, lr=1e-2), seqs, ADV, None, cfg, mode=mtp_modes.STANDALONE, ref_model=ref)
     assert second["kl_ref"] > first["kl_ref"]
     assert all(torch.equal(ref_before[n], p) for n, p in ref.named_parameters())
+    with pytest.raises(ValueError, match="ref_model"):
+        rl_step(model, _optimizer(model), seqs, ADV, None, cfg, mode="standalone")
     # Without kl_coef the reference is not used and no kl_ref is reported.
     assert "kl_ref" not in rl_step(model, _optimizer(model), seqs, ADV, None, GRPOConfig(), mode="standalone")
 

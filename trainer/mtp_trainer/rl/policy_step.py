@@ -290,9 +290,11 @@ def rl_step(
     token ``[b, L - 1]`` in :func:`build_batch`'s layout. ``old_logp``: the generating policy's
     log-prob of every response token (one list per sequence, or a tensor in the batch layout), or
     ``None``: recomputed here under ``no_grad`` before the first update. ``ref_model``: the frozen
-    reference (only used when ``cfg.kl_coef > 0``). The learning rate is the optimizer's as set by
-    the caller; gradients are clipped per ``mtp_modes.clip_groups(model, mode)`` (``clip_grad`` 0 =
-    no clip). The model is left in train mode and with the last mini-batch's gradients.
+    reference (required when ``cfg.kl_coef > 0``, unused otherwise). The learning rate is the
+    optimizer's, as set by the caller; gradients are clipped per ``mtp_modes.clip_groups(model, mode)``
+    (``clip_grad`` 0 = no clip). The model is left in train mode, with the last mini-batch's gradients.
+    ``sequences`` are this rank's share; every data-parallel rank must call with the same
+    ``cfg.mini_batches`` (each mini-batch is one collective optimizer step).
 
     Returns floats (means over the response tokens of the step, over all data-parallel ranks):
     ``policy_loss`` (the clipped surrogate, plus the KL term if on, mean over mini-batches), ``pg_loss``,
@@ -307,6 +309,8 @@ def rl_step(
         raise ValueError(f"{b} sequences cannot make {cfg.mini_batches} mini-batches")
     if mode not in mtp_modes.MODES:
         raise ValueError(f"mode {mode!r}: use one of {', '.join(mtp_modes.MODES)}")
+    if cfg.kl_coef > 0 and ref_model is None:
+        raise ValueError("kl_coef > 0 needs a ref_model (frozen_reference)")
     group, dp_size = _dp(dp_group)
     device = _device(model)
     model.train()
