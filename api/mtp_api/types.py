@@ -351,6 +351,11 @@ class GRPOSpec(ApiModel):
     validation_prompts: int = Field(
         default=32, ge=0, le=100000, description="Held-out prompts decoded greedily at each evalSteps; 0 is off."
     )
+    log_kl_to_initial: bool = Field(
+        default=False,
+        description="Report how far RL has moved the policy (k3 KL to the starting policy on each step's samples); "
+        "keeps a frozen copy of the starting model (one more model's memory). On whenever klCoef > 0.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(

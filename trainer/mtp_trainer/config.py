@@ -152,6 +152,8 @@ class RLConfig:
     kl_coef: float = 0.0
     mini_batches: int = 1
     validation_prompts: int = 32
+    log_kl_to_initial: bool = False
+    rollout_replicas: int = 1
     max_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
@@ -323,6 +325,8 @@ def _rl(job: t.MTPTrainingJob, dp: int) -> RLConfig:
         kl_coef=g.kl_coef,
         mini_batches=g.mini_batches,
         validation_prompts=g.validation_prompts,
+        log_kl_to_initial=g.log_kl_to_initial or g.kl_coef > 0,
+        rollout_replicas=rollout.replicas,
         max_tokens=gen.max_tokens,
         temperature=gen.temperature,
         top_p=gen.top_p,

@@ -114,9 +114,10 @@ def run(args: argparse.Namespace) -> int:
     resume_from = checkpoint.latest(out_dir) if args.resume else None
 
     problems = None
+    val_convs: list[list[dict[str, str]]] = []
     if cfg.rl is not None:
         problems = rlvr.problem_sets(cfg)
-        train_convs, val_convs = [as_conversation(p) for p in problems[0]], []
+        train_convs = [as_conversation(p) for p in problems[0]]
     else:
         train_convs, val_convs = data.split(cfg.data)
     tok = _tokenizer(cfg, out_dir, resume_from, train_convs)
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if problems is not None:
         metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
         _announce(cfg, model, info, metrics, resume_from, problems=(len(problems[0]), len(problems[1])))
-        rlvr.run(cfg, model, tok, out_dir, metrics, info.device, problems, resume_from)
+        provider = family.provider(cfg.model, cfg.parallel.tensor_parallel_size, cfg.mtp.loss_scaling_factor)
+        rlvr.run(cfg, model, tok, out_dir, metrics, info.device, problems, resume_from, provider.provide)
         return _finish(cfg, model, tok, out_dir, metrics, info)
 
     rows = data.pack(train_convs, tok, cfg.data.seq_length, cfg.data.seed)  # type: ignore[arg-type]

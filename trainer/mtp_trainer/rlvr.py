@@ -37,6 +37,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,9 @@ def prompt_ids(problem: Problem, tok: Any) -> list[int]:
 # ------------------------------------------------------------------------------------ rollout
 
 
-def rollout_urls(env: dict[str, str] | None = None) -> list[str]:
-    """The replicas: the explicit list, else every address of the headless Service."""
+def rollout_urls(env: dict[str, str] | None = None, want: int = 1, timeout_s: float = 600.0) -> list[str]:
+    """The replicas: the explicit list, else every address of the headless Service (waiting until
+    ``want`` of them exist, so rank 0 does not start with half a rollout)."""
     env = dict(os.environ) if env is None else env
     explicit = env.get(contracts.ENV_ROLLOUT_URLS, "").strip()
     if explicit:
@@ -129,20 +131,22 @@ def rollout_urls(env: dict[str, str] | None = None) -> list[str]:
     host, _, port = service.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"{contracts.ENV_ROLLOUT_SERVICE}={service!r}: expected host:port")
-    return [f"http://{addr}:{port}" for addr in resolve_all(host, int(port))]
+    return [f"http://{addr}:{port}" for addr in resolve_all(host, int(port), want, timeout_s)]
 
 
-def resolve_all(host: str, port: int, timeout_s: float = 600.0) -> list[str]:
-    """Every address behind a headless Service (sorted, so every retry sees the same order)."""
+def resolve_all(host: str, port: int, want: int = 1, timeout_s: float = 600.0) -> list[str]:
+    """Every address behind a headless Service (sorted, so every retry sees the same order); waits
+    up to ``timeout_s`` for ``want`` of them, then goes on with what there is (at least one)."""
     deadline = time.monotonic() + timeout_s
+    addrs: list[str] = []
     while True:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             addrs = sorted({str(i[4][0]) for i in infos})
-            if addrs:
-                return [f"[{a}]" if ":" in a else a for a in addrs]
         except socket.gaierror:
-            pass
+            addrs = []
+        if len(addrs) >= want or (addrs and time.monotonic() > deadline):
+            return [f"[{a}]" if ":" in a else a for a in addrs]
         if time.monotonic() > deadline:
             raise ConfigError(f"{contracts.ENV_ROLLOUT_SERVICE}: {host} has no addresses after {timeout_s:.0f}s")
         time.sleep(2.0)
@@ -194,6 +198,7 @@ class RLVRRun:
         device: torch.device,
         problems: tuple[list[Problem], list[Problem]],
         rl_metrics: RLMetrics,
+        build_model: Callable[[], Any] | None = None,
     ) -> None:
         assert cfg.rl is not None
         self.cfg = cfg
@@ -212,17 +217,35 @@ class RLVRRun:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.client: RolloutClient | None = None
         self.sync: WeightSync | None = None
+        # The starting policy, frozen: the KL penalty's reference, and how far RL has moved.
+        self.reference: Any = None
+        if self.rl.log_kl_to_initial:
+            if build_model is None:
+                raise ConfigError("spec.trainer.grpo: a KL to the starting policy needs the model builder")
+            self.reference = policy_step.frozen_reference(model, build_model)
 
     # -- rollout -------------------------------------------------------------------------------
 
     def connect(self, start_version: int) -> None:
         """Rank 0 waits for every replica; all ranks set up the sync (writing is collective)."""
-        urls = rollout_urls() if self.is_main else ["http://unused"]
+        urls = rollout_urls(want=self.rl.rollout_replicas) if self.is_main else ["http://unused"]
         self.client = RolloutClient(urls, self.rl.served_model_name)
         if self.is_main:
             self.client.wait_ready(timeout_s=float(os.environ.get("MTP_ROLLOUT_READY_TIMEOUT_S", "1800")))
         sync_dir = os.environ.get(contracts.ENV_WEIGHT_SYNC_DIR) or str(self.out / contracts.WEIGHT_SYNC_SUBDIR)
         self.sync = WeightSync(self.model, self.cfg.model, self.client, sync_dir, start_version=start_version)
+
+    def catch_up(self) -> None:
+        """Rank 0, before generating: pick up replicas that joined or restarted (a Service's addresses
+        change with its pods) and load the current version into any that serves another one."""
+        assert self.client is not None and self.sync is not None
+        if not os.environ.get(contracts.ENV_ROLLOUT_URLS, "").strip():
+            self.client.urls = rollout_urls(want=self.rl.rollout_replicas, timeout_s=60.0)
+        self.client.wait_ready(timeout_s=float(os.environ.get("MTP_ROLLOUT_READY_TIMEOUT_S", "1800")))
+        versions = self.client.weight_versions()
+        behind = [u for u, v in zip(self.client.urls, versions, strict=True) if (v or 0) != self.sync.version]
+        if behind and self.sync.version > 0:
+            self.sync.reload(behind)
 
     def _score(self, samples: list[list[Sample]], problems: list[Problem]) -> list[list[RewardResult]]:
         return [
@@ -233,6 +256,7 @@ class RLVRRun:
         """Rank 0: sample, score and compute advantages for ``step``."""
         assert self.client is not None
         rl = self.rl
+        self.catch_up()
         rng = random.Random(self.cfg.seed * 1_000_003 + step)
         problems = rng.sample(self.train_problems, min(rl.prompts_per_step, len(self.train_problems)))
         prompts = [prompt_ids(p, self.tok) for p in problems]
@@ -323,6 +347,7 @@ class RLVRRun:
             micro_batch_size=cfg.data.micro_batch_size,
         )
         t0 = time.perf_counter()
+        kl_initial = self._kl_to_initial([state.sequences[i] for i in mine]) if rl.kl_coef == 0 else None
         stats = policy_step.rl_step(
             self.model,
             optimizer,
@@ -334,8 +359,11 @@ class RLVRRun:
             mtp_loss_scaling_factor=cfg.mtp.loss_scaling_factor,
             clip_grad=cfg.optim.clip_grad,
             pad_id=self.pad_id,
+            ref_model=self.reference if rl.kl_coef > 0 else None,
             dp_group=ps.get_data_parallel_group() if dist.is_initialized() else None,
         )
+        if rl.kl_coef > 0:
+            kl_initial = stats.get("kl_ref")
         t_train = time.perf_counter() - t0
         assert self.sync is not None
         t1 = time.perf_counter()
@@ -367,8 +395,21 @@ class RLVRRun:
             mean_acceptance_length=rec["mean_acceptance_length"],
             per_position_acceptance=rec["per_position_acceptance"],
             zero_advantage_groups=rec["zero_advantage_groups"],
+            kl_initial=kl_initial,
         )
         self.rl_metrics.record(rec_obj)
+
+    def _kl_to_initial(self, sequences: list[policy_step.RolloutSequence]) -> float | None:
+        """Mean k3 KL(policy || starting policy) over this step's response tokens, all ranks."""
+        if self.reference is None:
+            return None
+        cur = policy_step.sequence_logprobs(self.model, sequences, self.pad_id, self.cfg.data.micro_batch_size)
+        ref = policy_step.sequence_logprobs(self.reference, sequences, self.pad_id, self.cfg.data.micro_batch_size)
+        mask = policy_step.build_batch(sequences, self.pad_id).loss_mask
+        sums = torch.tensor([float((grpo.k3_kl(cur, ref) * mask).sum()), float(mask.sum())], dtype=torch.float64)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sums, group=ps.get_data_parallel_group())
+        return float(sums[0] / sums[1].clamp(min=1.0))
 
     def run(self, start: int, optimizer: torch.optim.Optimizer) -> None:
         cfg = self.cfg
@@ -459,6 +500,7 @@ def run(
     device: torch.device,
     problems: tuple[list[Problem], list[Problem]],
     resume_from: Path | None,
+    build_model: Callable[[], Any] | None = None,
 ) -> None:
     """Warm-up (unless done or resuming RL), export version 0, then the RL steps."""
     assert cfg.rl is not None
@@ -480,7 +522,7 @@ def run(
     # Version ``start`` is what the rollout must serve first: the export it starts from.
     hf_export.export(model, cfg.model, tok, out_dir / contracts.EXPORT_SUBDIR)
     rl_events.event(event="export", weight_version=start, path=str(out_dir / contracts.EXPORT_SUBDIR))
-    runner = RLVRRun(cfg, model, tok, out_dir, metrics, device, problems, rl_events)
+    runner = RLVRRun(cfg, model, tok, out_dir, metrics, device, problems, rl_events, build_model)
     runner.connect(start_version=start)
     if start > 0:
         # A rollout that outlived the trainer still serves an older version: bring it up to date.

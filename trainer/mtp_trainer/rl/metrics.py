@@ -47,6 +47,7 @@ class RLStepRecord:
     mean_acceptance_length: float | None = None
     per_position_acceptance: list[float] = field(default_factory=list)
     zero_advantage_groups: int = 0
+    kl_initial: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"phase": "rl", **asdict(self)}
@@ -100,7 +101,9 @@ class RLMetrics:
         gauge("mtp_trainer_rl_response_length", "Mean response length in tokens")
         gauge("mtp_trainer_rl_entropy", "Mean per-token policy entropy on the responses")
         gauge(
-            "mtp_trainer_rl_kl", "k3 KL estimate to the generating policy (kind=old) or reference (kind=ref)", ("kind",)
+            "mtp_trainer_rl_kl",
+            "k3 KL estimate to the generating policy (kind=old), the KL-penalty reference (kind=ref) or the starting policy (kind=initial)",
+            ("kind",),
         )
         gauge("mtp_trainer_rl_clip_fraction", "Share of response tokens whose ratio was clipped")
         gauge("mtp_trainer_rl_phase_seconds", "Wall time of the last step's phases", ("phase",))
@@ -125,6 +128,7 @@ class RLMetrics:
         self._set("mtp_trainer_rl_entropy", rec.entropy)
         self._set("mtp_trainer_rl_kl", rec.kl_old, kind="old")
         self._set("mtp_trainer_rl_kl", rec.kl_ref, kind="ref")
+        self._set("mtp_trainer_rl_kl", rec.kl_initial, kind="initial")
         self._set("mtp_trainer_rl_clip_fraction", rec.clip_fraction)
         for phase, seconds in rec.phase_seconds.items():
             self._set("mtp_trainer_rl_phase_seconds", seconds, phase=phase)

@@ -136,6 +136,21 @@ class WeightSync:
             if isinstance(reset, dict) and reset.get("success") is False:
                 raise RuntimeError(f"{url}: vLLM refused to reset its prefix cache after weight version {version}")
 
+    def reload(self, urls: list[str]) -> None:
+        """Load the current version into ``urls`` only (rank 0): replicas that restarted or joined
+        mid-run and came up serving the initial export. Their engines are initialised afresh."""
+        path = version_dir(self.sync_dir, self.version)
+        if not (path / WEIGHTS_FILE).is_file():
+            raise RuntimeError(f"{path}: weight version {self.version} is no longer on disk; raise keep")
+        payload: dict[str, Any] = {"update_info": {"path": str(path.resolve()), "files": [WEIGHTS_FILE]}}
+        for url in urls:
+            self._initialised.discard(url)
+            self.client.post(url, "/pause", query={"mode": "wait"})
+            try:
+                self._load_one(url, payload, self.version)
+            finally:
+                self.client.post(url, "/resume")
+
     def _prune(self, current: int) -> None:
         for old in range(current - self.keep, 0, -1):
             d = version_dir(self.sync_dir, old)
