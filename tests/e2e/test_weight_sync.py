@@ -16,12 +16,18 @@ weight_sync=True)``). Then:
 The k=2 replay follows vLLM's MTP proposer: draft 1 is the MTP layer at the last verified
 position (the trainer's ordinary MTP argmax); draft 2 runs the same MTP layer one position later on
 [embedding of draft 1, MTP output hidden state of draft 1], attending to the true positions before.
+
+A fast-tier test drives ``WeightSync`` and ``RolloutClient`` against two stub replicas: route
+order, payload, versions, pruning, the written tensors, and the client's request/response handling.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +35,6 @@ import pytest
 import torch
 
 from tests.e2e.conftest import job_with_k, needs_vllm
-
-pytestmark = [pytest.mark.slow, needs_vllm]
 
 K = 2
 GEN_TOKENS = 24
@@ -236,6 +240,8 @@ def _compare(trainer: Trainer, prompts: list[list[int]], got: list[dict[str, Any
     return {"max_diff": max_diff, "greedy": greedy_ok, "replay": replay, "counts": counts}
 
 
+@pytest.mark.slow
+@needs_vllm
 def test_weight_sync_target_and_drafter(dist: None, tmp_path: Path) -> None:
     from mtp_rollout.launcher import server_plan
     from mtp_rollout.server import free_port, running
@@ -300,12 +306,124 @@ def test_weight_sync_target_and_drafter(dist: None, tmp_path: Path) -> None:
         for c in (c1, c2):
             acc, drafts = sum(a for _, a in c["counts"]), sum(d for d, _ in c["counts"])
             assert 0 < acc < K * drafts, c
+        # Sampling (n > 1, temperature 1) through the client: shapes, the version, and vLLM's
+        # sampled-token logprobs are the trainer's (what GRPO's old log-probabilities rely on).
+        batch = client.generate(prompts[:2], n=3, max_tokens=8, temperature=1.0, top_p=1.0, seed=5)
+        assert [len(b) for b in batch] == [3, 3]
+        sampled_diff = 0.0
+        for ids, samples in zip(prompts[:2], batch, strict=True):
+            for smp in samples:
+                assert len(smp.token_ids) == len(smp.logprobs) == 8 and smp.weight_version == 2
+                assert smp.finish_reason == "length" and isinstance(smp.text, str)
+                _, want = trainer.logprobs(ids + smp.token_ids, len(ids))
+                sampled_diff = max(sampled_diff, *(abs(a - b) for a, b in zip(smp.logprobs, want, strict=True)))
+        assert sampled_diff < VLLM_LOGPROB_ATOL, sampled_diff
         # Old versions are pruned (keep=2).
         assert sorted(p.name for p in (tmp_path / "sync").iterdir()) == ["v1", "v2"]
     assert wait_gone(pgid) == []
     print(
         f"\nweight sync: train loss {loss:.3f}; max |logprob diff| v0 {c0['max_diff']:.2e} v1 {c1['max_diff']:.2e} "
-        f"v2 {c2['max_diff']:.2e}; stale {stale['max_diff']:.2e}; drafts/accepted v1 {c1['counts']} "
+        f"v2 {c2['max_diff']:.2e}, sampled {sampled_diff:.2e}; stale {stale['max_diff']:.2e}; drafts/accepted v1 {c1['counts']} "
         f"v2 {c2['counts']} (a stale head: {c1['counts']}); sync {sync1_s:.2f}s; "
         f"server up {t_up - t0:.0f}s, total {time.monotonic() - t0:.0f}s"
     )
+
+
+class _Stub(ThreadingHTTPServer):
+    """A stand-in rollout replica that records the RL-API calls (fast tier: no vLLM)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, body: Any) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self) -> None:
+                outer.calls.append((self.path, None))
+                self._reply({"weight_version": "default"} if self.path == "/weight_info" else {})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"] or 0)) or b"{}")
+                outer.calls.append((self.path, body))
+                if self.path == "/v1/completions":
+                    choices = [
+                        {
+                            "index": i,
+                            "text": "ab",
+                            "token_ids": [7, 8],
+                            "finish_reason": "length",
+                            "logprobs": {"token_logprobs": [-0.5, -0.25]},
+                        }
+                        for i in reversed(range(body["n"]))
+                    ]
+                    self._reply({"choices": choices})
+                else:
+                    self._reply({"success": True})
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def stubs() -> Iterator[list[_Stub]]:
+    servers = [_Stub(), _Stub()]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    yield servers
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_weight_sync_protocol_against_stub_replicas(dist: None, tmp_path: Path, stubs: list[_Stub]) -> None:
+    """Route order, payload, versions and pruning, on two replicas; and the client's parsing."""
+    from safetensors import safe_open
+
+    from mtp_trainer import hf_export
+    from mtp_trainer.model_provider import ModelProvider
+    from mtp_trainer.rl.rollout_client import RolloutClient
+    from mtp_trainer.rl.weight_sync import WeightSync
+
+    m = _model_config()
+    torch.manual_seed(0)
+    model = ModelProvider(m, mtp_loss_scaling_factor=0.3).provide()
+    client = RolloutClient([s.url for s in stubs], "tiny")
+    sync = WeightSync(model, m, client, tmp_path / "sync", keep=1)
+    assert sync.sync() == 1 and sync.sync() == 2
+    payload = {"update_info": {"path": str((tmp_path / "sync" / "v2").resolve()), "files": ["model.safetensors"]}}
+    for stub in stubs:
+        paths = [p for p, _ in stub.calls]
+        one = ["/pause?mode=wait", "/start_weight_update", "/update_weights", "/finish_weight_update",
+               "/start_draft_weight_update", "/update_weights", "/finish_weight_update",
+               "/update_weight_version", "/reset_prefix_cache", "/resume"]  # fmt: skip
+        assert paths == [one[0], "/init_weight_transfer_engine", *one[1:], *one]
+        assert stub.calls[-8] == ("/update_weights", payload)
+        assert stub.calls[-3] == ("/update_weight_version", {"new_version": "2"})
+    # Only the newest version stays (keep=1), written whole, with the export's names and values.
+    assert [p.name for p in (tmp_path / "sync").iterdir()] == ["v2"]
+    want = hf_export.hf_tensors(model, m)
+    with safe_open(str(tmp_path / "sync" / "v2" / "model.safetensors"), framework="pt") as f:
+        assert set(f.keys()) == set(want) and any(k.startswith("mtp.") for k in f.keys())
+        torch.testing.assert_close(f.get_tensor("mtp.fc.weight"), want["mtp.fc.weight"], atol=0, rtol=0)
+
+    out = client.generate([[1, 2], [3], [4, 5, 6]], n=2, max_tokens=2, temperature=1.0, top_p=0.9, seed=10)
+    assert [len(o) for o in out] == [2, 2, 2]
+    assert out[0][0].token_ids == [7, 8] and out[0][0].logprobs == [-0.5, -0.25] and out[0][0].weight_version is None
+    reqs = [b for s in stubs for p, b in s.calls if p == "/v1/completions"]
+    assert sorted((r["prompt"], r["seed"]) for r in reqs) == [([1, 2], 10), ([3], 11), ([4, 5, 6], 12)]
+    assert len([b for p, b in stubs[0].calls if p == "/v1/completions"]) == 2  # round-robin
+    assert all(r["logprobs"] == 0 and r["return_token_ids"] and r["n"] == 2 for r in reqs)

@@ -96,7 +96,8 @@ class RolloutClient:
     def post(self, url: str, path: str, body: dict[str, Any] | None = None, **kw: Any) -> Any:
         return self.request(url, path, body if body is not None else {}, method="POST", **kw)
 
-    def _each(self, fn: Any) -> list[Any]:
+    def each(self, fn: Any) -> list[Any]:
+        """``fn(url)`` for every replica in parallel; results in ``urls`` order (first error raised)."""
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(self.urls))) as pool:
             return list(pool.map(fn, self.urls))
 
@@ -123,18 +124,18 @@ class RolloutClient:
 
     def pause(self, mode: str = "wait") -> None:
         """Stop generation on every replica (``wait``: let in-flight requests finish first)."""
-        self._each(lambda u: self.post(u, "/pause", query={"mode": mode}))
+        self.each(lambda u: self.post(u, "/pause", query={"mode": mode}))
 
     def resume(self) -> None:
-        self._each(lambda u: self.post(u, "/resume"))
+        self.each(lambda u: self.post(u, "/resume"))
 
     def weight_versions(self) -> list[int | None]:
         """Each replica's current weight version (None before the first sync)."""
-        return self._each(lambda u: parse_version(self.request(u, "/weight_info")["weight_version"]))
+        return self.each(lambda u: parse_version(self.request(u, "/weight_info")["weight_version"]))
 
     def metrics_text(self) -> list[str]:
         """The Prometheus ``/metrics`` body of each replica, in ``urls`` order."""
-        return self._each(lambda u: str(self.request(u, "/metrics", timeout_s=30)))
+        return self.each(lambda u: str(self.request(u, "/metrics", timeout_s=30)))
 
     # -- generation -----------------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ class WeightSync:
         c = self.client
         c.pause()
         try:
-            c._each(lambda url: self._load_one(url, payload, version))
+            c.each(lambda url: self._load_one(url, payload, version))
         finally:
             c.resume()
 
