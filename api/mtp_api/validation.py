@@ -392,14 +392,6 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
                 "shared across depths); set 1 and draft more tokens with rollout.speculative.numSpeculativeTokens",
             )
         )
-    if spec.model.family not in t.TRAINER_FAMILIES:
-        warnings.append(
-            Finding(
-                "spec.model.family",
-                f"{spec.model.family}: the trainer in this release builds "
-                f"{', '.join(sorted(t.TRAINER_FAMILIES))}; this job will be refused at trainer start-up",
-            )
-        )
     mode = tr.mtp.training_mode
     if mode == t.MTPTrainingMode.STANDALONE and spec.pipeline == t.Pipeline.SFT:
         warnings.append(
@@ -423,7 +415,10 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
                     "disabled while the rollout drafts with MTP: the head will drift from the trained policy",
                 )
             )
-    return errors, warnings
+    from mtp_api.capabilities import capability_findings  # imports Finding from here
+
+    cap_errors, cap_warnings = capability_findings(job)
+    return errors + cap_errors, warnings + cap_warnings
 
 
 def _pydantic_findings(exc: ValidationError) -> list[Finding]:

@@ -179,7 +179,14 @@ def test_warnings_are_not_errors(tiny_sft: dict[str, Any], tmp_path: Path, capsy
 
 
 def test_pipeline_is_immutable_on_update(tiny_sft: dict[str, Any]) -> None:
-    new = _mutated(tiny_sft, _all(_set("spec.pipeline", "rlvr"), _set("spec.reward", {"type": "math"})))
+    new = _mutated(
+        tiny_sft,
+        _all(
+            _set("spec.pipeline", "rlvr"),
+            _set("spec.reward", {"type": "math"}),
+            _set("spec.trainer.data.trainFiles", ["builtin:arithmetic"]),
+        ),
+    )
     assert v.validate_object(new).ok  # a fresh create is fine
     errors = v.validate_object(new, old=tiny_sft).errors
     assert [(e.path, e.message) for e in errors] == [

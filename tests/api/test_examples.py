@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mtp_api import types as t
 from mtp_api import validation as v
 from mtpjob.cli import main as cli_main
 
@@ -18,14 +19,27 @@ def test_examples_exist() -> None:
             "qwen3.5-7b-sft.yaml"} <= names  # fmt: skip
 
 
+# Examples written for real clusters whose layout this release cannot train yet: the API accepts
+# them (schema and CEL, what `kubectl apply` checks), and validation refuses them up front with
+# exactly these fields, so no pod of theirs ever holds a GPU.
+REFUSED = {
+    "qwen3.5-27b-rlvr.yaml": [
+        "spec.trainer.strategy.pipelineParallelSize",
+        "spec.trainer.strategy.tensorParallelSize",
+    ],
+    "qwen3.5-35b-a3b-rlvr.yaml": ["spec.model.family", "spec.trainer.strategy.tensorParallelSize"],
+}
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_is_valid(path: Path) -> None:
+def test_example_is_valid_or_refused_by_name(path: Path) -> None:
     (report,) = v.validate_file(path)
-    assert report.ok, [str(e) for e in report.errors]
+    assert sorted(e.path for e in report.errors) == REFUSED.get(path.name, []), [str(e) for e in report.errors]
 
 
 def test_27b_example_layout() -> None:
-    job = v.load_job(next(p for p in EXAMPLES if p.name == "qwen3.5-27b-rlvr.yaml"))
+    obj = v.load_documents(next(p for p in EXAMPLES if p.name == "qwen3.5-27b-rlvr.yaml"))[0]
+    job = t.MTPTrainingJob.model_validate(obj)
     tr = job.spec.trainer
     assert (
         tr.replicas * tr.gpus_per_replica,
@@ -38,4 +52,6 @@ def test_27b_example_layout() -> None:
 
 
 def test_cli_validates_all_examples() -> None:
-    assert cli_main(["validate", *map(str, EXAMPLES)]) == 0
+    runnable = [p for p in EXAMPLES if p.name not in REFUSED]
+    assert cli_main(["validate", *map(str, runnable)]) == 0
+    assert cli_main(["validate", *map(str, EXAMPLES)]) == 2

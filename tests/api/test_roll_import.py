@@ -38,7 +38,13 @@ def test_27b_rlvr_maps_layout_mtp_and_speculation() -> None:
     assert (ro["tensorParallelSize"], ro["gpusPerReplica"], ro["replicas"]) == (4, 4, 8)
     assert ro["generation"]["maxTokens"] == 8192  # ${response_length} resolved
     assert spec["reward"] == {"type": "math"}
-    assert v.validate_object(res.manifest).ok
+    # The API accepts it; this release refuses it up front, naming each limit (mtp_api.capabilities).
+    report = v.validate_object(res.manifest)
+    assert sorted(e.path for e in report.errors) == [
+        "spec.trainer.strategy.pipelineParallelSize",
+        "spec.trainer.strategy.tensorParallelSize",
+        "spec.trainer.volumes.checkpoints",
+    ]
     unmapped = "\n".join(res.unmapped)
     assert "kl_loss_coef = 0.001" in unmapped and "reference.device_mapping" in unmapped
     assert not any(u.startswith(("hydra", "tracker_kwargs", "logging_dir")) for u in res.unmapped)
@@ -55,7 +61,11 @@ def test_mode_inside_strategy_config_and_moe() -> None:
     notes = "\n".join(res.notes)
     assert "expert_model_parallel_size=8" in notes and "code_sandbox" in notes
     report = v.validate_object(res.manifest)
-    assert report.ok and any(w.path == "spec.model.family" for w in report.warnings)
+    assert sorted(e.path for e in report.errors) == [
+        "spec.model.family",
+        "spec.trainer.strategy.tensorParallelSize",
+        "spec.trainer.volumes.checkpoints",
+    ]
 
 
 def test_sft_joint_with_env_interpolation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,9 +122,13 @@ def test_mtp_layers_from_local_checkpoint(tmp_path: Path) -> None:
 
 def test_cli_import_roll(tmp_path: Path, capsys: Any) -> None:
     out = tmp_path / "job.yaml"
-    assert cli_main(["import-roll", str(ROLL / "qwen3_5-27b-rlvr_megatron.yaml"), "-o", str(out)]) == 0
+    # Converted and written, and refused by this release's limits (exit 2), each named.
+    assert cli_main(["import-roll", str(ROLL / "qwen3_5-27b-rlvr_megatron.yaml"), "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "not mapped: kl_loss_coef" in err
-    assert cli_main(["validate", str(out)]) == 0
+    assert "error: spec.trainer.volumes.checkpoints: rlvr pushes each new policy" in err
+    assert cli_main(["validate", str(out)]) == 2
+    assert "spec.trainer.strategy.pipelineParallelSize: 2: this release trains pipelineParallelSize 1 only" in (
+        capsys.readouterr().out
+    )
     assert yaml.safe_load(out.read_text())["kind"] == "MTPTrainingJob"
     assert cli_main(["import-roll", str(tmp_path / "nope.yaml")]) == 2

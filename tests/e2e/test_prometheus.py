@@ -47,6 +47,20 @@ def _operator_and_trainer_targets(tmp: Path) -> list[str]:
     trainer = Metrics(MetricsConfig(port=0, job=JOB, namespace=NS), tmp / "trainer", enabled=True)
     trainer.record(StepRecord(10, 5.0, [5.5], [0.2], 0.3, 900.0, 0.5, 1e-3, [1.0]))
     trainer.record(StepRecord(10, 5.1, [5.6], [0.19], 0.3, 0.0, 0.0, 0.0, split="validation"))
+    from mtp_trainer.rl.metrics import RLMetrics, RLStepRecord, RLValidationRecord
+
+    rl = RLMetrics(trainer)
+    rl.record(
+        RLStepRecord(
+            step=11, weight_version=11, reward_mean=0.4, reward_std=0.3, accuracy=0.4, parse_failures=1,
+            samples=64, response_length_mean=30.0, policy_loss=0.01, entropy=0.8, clip_fraction=0.02,
+            kl_old=0.001, kl_ref=0.02, mtp_loss=[1.1], mtp_agreement=[0.8], grad_norm=[1.0, 0.5],
+            learning_rate=5e-5, phase_seconds={"generate": 4.0, "reward": 0.1, "train": 3.0, "sync": 0.4},
+            generated_tokens=1900, generation_tokens_per_s=475.0, acceptance_rate=0.8,
+            mean_acceptance_length=2.6, per_position_acceptance=[0.9, 0.7], kl_initial=0.03,
+        )
+    )  # fmt: skip
+    rl.record_validation(RLValidationRecord(step=11, accuracy=0.5, reward_mean=0.5, parse_failures=0, prompts=32))
     job = load_job(EXAMPLE)
     from mtp_api import types as t
 

@@ -344,6 +344,7 @@ TRAINER_JOB_DOC = {
                 "clipRatioHigh": 0.2,
                 "clipRatioLow": 0.2,
                 "klCoef": 0.0,
+                "logKlToInitial": False,
                 "miniBatches": 1,
                 "promptsPerStep": 8,
                 "samplesPerPrompt": 8,

@@ -299,7 +299,7 @@ class RLVRRun:
             "mean_acceptance_length": fig.mean_acceptance_length,
             "per_position_acceptance": [fig.per_position[p] for p in sorted(fig.per_position)],
             "phase_seconds": {"generate": t_gen, "reward": t_reward},
-            "sample_weight_versions": sorted(v for v in versions if v is not None),
+            "sample_weight_versions": sorted({0 if v is None else v for v in versions}),
         }
         return RLState(seqs, [float(a) for a in adv.flatten()], record)
 
@@ -396,6 +396,7 @@ class RLVRRun:
             per_position_acceptance=rec["per_position_acceptance"],
             zero_advantage_groups=rec["zero_advantage_groups"],
             kl_initial=kl_initial,
+            sample_weight_versions=rec["sample_weight_versions"],
         )
         self.rl_metrics.record(rec_obj)
 

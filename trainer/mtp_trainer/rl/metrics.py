@@ -48,6 +48,8 @@ class RLStepRecord:
     per_position_acceptance: list[float] = field(default_factory=list)
     zero_advantage_groups: int = 0
     kl_initial: float | None = None
+    # The weight versions that generated the step's samples (0: the export the rollout started from).
+    sample_weight_versions: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"phase": "rl", **asdict(self)}

@@ -1,8 +1,9 @@
-"""What an rlvr job needs that the schema and CEL cannot say, checked before any pod starts.
+"""What this release can run, checked before any pod starts.
 
 ``mtpjob validate``, the operator's admission and the trainer's start-up all run these checks
 (through ``validation.semantic_checks``), so a job this release cannot run is refused up front
-with the field named, instead of failing after its pods have taken GPUs.
+with the field named, instead of failing after its pods have taken GPUs. The schema and CEL say
+what the API accepts; this module says what the trainer and rollout of this release can do.
 """
 
 from __future__ import annotations
@@ -12,6 +13,30 @@ from mtp_api.validation import Finding
 
 BUILTIN_ARITHMETIC = "builtin:arithmetic"
 PROMPT_SUFFIXES = (".jsonl", ".parquet")
+
+
+def capability_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]]:
+    """(errors, warnings): the layouts and families this release trains, then the rlvr needs."""
+    errors: list[Finding] = []
+    spec = job.spec
+    if spec.trainer.strategy.pipeline_parallel_size > 1:
+        errors.append(
+            Finding(
+                "spec.trainer.strategy.pipelineParallelSize",
+                f"{spec.trainer.strategy.pipeline_parallel_size}: this release trains pipelineParallelSize 1 only "
+                "(the MTP block on the last pipeline stage is not built yet); use 1 and more data or tensor parallel",
+            )
+        )
+    if spec.model.family not in t.TRAINER_FAMILIES:
+        errors.append(
+            Finding(
+                "spec.model.family",
+                f"{spec.model.family}: this release's trainer builds {', '.join(sorted(t.TRAINER_FAMILIES))}; "
+                "the job would fail at trainer start-up",
+            )
+        )
+    rl_errors, warnings = rlvr_findings(job)
+    return errors + rl_errors, warnings
 
 
 def rlvr_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]]:
@@ -25,12 +50,12 @@ def rlvr_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]]:
             warnings.append(Finding("spec.trainer.warmup", "only rlvr jobs run a warm-up; it is ignored for sft"))
         return errors, warnings
     strat = tr.strategy
-    if strat.tensor_parallel_size > 1 or strat.pipeline_parallel_size > 1:
+    if strat.tensor_parallel_size > 1:
         errors.append(
             Finding(
-                "spec.trainer.strategy",
-                "rlvr in this release syncs full weights from trainer rank 0, so it runs tensorParallelSize 1 and "
-                "pipelineParallelSize 1 only; scale the trainer with data parallel (replicas x gpusPerReplica)",
+                "spec.trainer.strategy.tensorParallelSize",
+                f"{strat.tensor_parallel_size}: rlvr in this release syncs full weights from trainer rank 0, so it "
+                "runs tensorParallelSize 1 only; scale the trainer with data parallel (replicas x gpusPerReplica)",
             )
         )
     rollout = spec.rollout
