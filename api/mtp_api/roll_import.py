@@ -319,9 +319,15 @@ def convert(roll: dict[str, Any], *, base_dir: Path | None = None) -> ImportResu
         reward = _rewards(r, rewards, notes)
         if reward:
             spec["reward"] = reward
-    for k in ("adv_estimator", "rollout_batch_size", "num_return_sequences_in_group", "ppo_epochs"):
-        if r.get(k) is not None:
-            notes.append(f"{k}={_shown(r.get(k))}: RL algorithm settings arrive with the RLVR loop; not mapped yet")
+    if pipeline == "rlvr":
+        grpo = _grpo(r, notes)
+        # ROLL trains a step's rollouts in optimizer steps of the actor's global batch: mini-batches here.
+        per_step = grpo.get("promptsPerStep", 8) * grpo.get("samplesPerPrompt", 8)
+        gbs = spec["trainer"].get("hyperparameters", {}).get("globalBatchSize")
+        if isinstance(gbs, int) and 0 < gbs < per_step and per_step % gbs == 0:
+            grpo["miniBatches"] = per_step // gbs
+        if grpo:
+            spec["trainer"]["grpo"] = grpo
 
     manifest = {
         "apiVersion": t.API_VERSION,
@@ -452,6 +458,38 @@ def _hyperparameters(r: _Reader, w: str, dp: int, notes: list[str]) -> dict[str,
     return hp
 
 
+def _grpo(r: _Reader, notes: list[str]) -> dict[str, Any]:
+    """ROLL's RL algorithm settings onto spec.trainer.grpo (GRPO is what the trainer runs)."""
+    grpo: dict[str, Any] = {}
+    estimator = r.get("adv_estimator")
+    if estimator is not None:
+        r.mark("adv_estimator")
+        if str(estimator).lower() != "grpo":
+            notes.append(f"adv_estimator={_shown(estimator)}: the trainer runs GRPO (group-normalised advantages)")
+    if r.get("rollout_batch_size") is not None:
+        grpo["promptsPerStep"] = r.integer("rollout_batch_size", 8, minimum=1)
+    if r.get("num_return_sequences_in_group") is not None:
+        grpo["samplesPerPrompt"] = r.integer("num_return_sequences_in_group", 8, minimum=1)
+    if r.get("ppo_epochs") is not None:
+        epochs = r.integer("ppo_epochs", 1, minimum=1)
+        if epochs != 1:
+            notes.append(
+                f"ppo_epochs={epochs}: each RL step's samples are trained on once; split them with grpo.miniBatches"
+            )
+    for src, dst in (("pg_clip", ("clipRatioLow", "clipRatioHigh")), ("pg_clip_low", ("clipRatioLow",)),
+                     ("pg_clip_high", ("clipRatioHigh",))):  # fmt: skip
+        value = r.number(src)
+        if value is not None:
+            grpo.update(dict.fromkeys(dst, value))
+    use_kl = r.get("use_kl_loss")
+    coef = r.number("kl_loss_coef")
+    if use_kl is not None:
+        r.mark("use_kl_loss")
+    if coef is not None and use_kl is not False:
+        grpo["klCoef"] = coef
+    return grpo
+
+
 def _sequence_length(r: _Reader) -> int | None:
     if r.get("sequence_length") is not None:
         return r.integer("sequence_length", 0)
@@ -471,6 +509,10 @@ def _data(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
         notes.append(f"{w}.use_sequence_packing is false: the trainer always packs sequences")
     r.get(f"{w}.data_args.messages")
     data: dict[str, Any] = {"trainFiles": files, "format": fmt}
+    for src, dst in (("prompt_key", "promptKey"), ("response_key", "responseKey"), ("answer_key", "answerKey")):
+        value = r.get(src)
+        if isinstance(value, str) and value:
+            data[dst] = value
     val = r.strings("validation.data_args.file_name")
     if val:
         data["validationFiles"] = val

@@ -396,7 +396,8 @@ class DataSpec(ApiModel):
         default="prompt",
         min_length=1,
         max_length=256,
-        description="rlvr: the prompt field of each JSONL/Parquet record (ROLL's prompt_key); dots reach nested keys.",
+        description="The prompt field of each record (ROLL's prompt_key): format prompt_response for sft; for rlvr "
+        "JSONL/Parquet prompts, where dots reach nested keys.",
     )
     answer_key: str = Field(
         default="ground_truth",
@@ -408,7 +409,8 @@ class DataSpec(ApiModel):
         default="response",
         min_length=1,
         max_length=256,
-        description="rlvr with trainer.warmup: the worked answer to SFT on before RL (ROLL's response_key).",
+        description="The answer field (ROLL's response_key): format prompt_response for sft; for rlvr, the worked "
+        "answer that trainer.warmup trains on.",
     )
     builtin_task: BuiltinTask = Field(
         default_factory=BuiltinTask,

@@ -46,7 +46,10 @@ def test_27b_rlvr_maps_layout_mtp_and_speculation() -> None:
         "spec.trainer.volumes.checkpoints",
     ]
     unmapped = "\n".join(res.unmapped)
-    assert "kl_loss_coef = 0.001" in unmapped and "reference.device_mapping" in unmapped
+    # ROLL's RL settings: rollout_batch_size 64 prompts x num_return_sequences_in_group 8 = 512 samples a
+    # step, trained in optimizer steps of the actor's 128 (4 mini-batches); use_kl_loss with coef 0.001.
+    assert tr["grpo"] == {"promptsPerStep": 64, "samplesPerPrompt": 8, "miniBatches": 4, "klCoef": 0.001}
+    assert "kl_loss_coef = 0.001" not in unmapped and "reference.device_mapping" in unmapped
     assert not any(u.startswith(("hydra", "tracker_kwargs", "logging_dir")) for u in res.unmapped)
     assert any("colocation" in n for n in res.notes)
 
@@ -78,6 +81,8 @@ def test_sft_joint_with_env_interpolation(monkeypatch: pytest.MonkeyPatch) -> No
     assert spec["trainer"]["mtp"] == {"trainingMode": "joint", "lossScalingFactor": 0.3}
     assert spec["trainer"]["hyperparameters"]["globalBatchSize"] == 2 * 4 * 8
     assert spec["trainer"]["data"]["format"] == "prompt_response"
+    # The config's prompt_key: instruction / response_key: output reach the data spec.
+    assert (spec["trainer"]["data"]["promptKey"], spec["trainer"]["data"]["responseKey"]) == ("instruction", "output")
     assert spec["trainer"]["data"]["validationFiles"] == ["data/sft_val.jsonl"]
     assert v.validate_object(m).ok
     monkeypatch.delenv("ROLL_EXPERIMENT_NAME")

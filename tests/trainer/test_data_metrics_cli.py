@@ -95,3 +95,15 @@ def test_metrics_jsonl_and_prometheus_names(tmp_path: Path) -> None:
         'mtp_trainer_lm_loss{job="j",namespace="ns",split="train"} 2.5',
     ):
         assert needle in text, needle
+
+
+def test_prompt_response_records_use_the_spec_keys(tmp_path: Path) -> None:
+    f = tmp_path / "alpaca.jsonl"
+    f.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi!"}) + "\n")
+    cfg = DataConfig(train_files=(str(f),), format="prompt_response", prompt_key="instruction", response_key="output")
+    assert data.load_conversations(cfg.train_files, cfg, "spec.trainer.data.trainFiles") == [
+        [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]
+    ]
+    default = DataConfig(train_files=(str(f),), format="prompt_response")
+    with pytest.raises(ConfigError, match=r"'prompt' \+ 'response'.*promptKey/responseKey"):
+        data.load_conversations(default.train_files, default, "spec.trainer.data.trainFiles")

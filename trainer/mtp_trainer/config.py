@@ -86,6 +86,8 @@ class DataConfig:
     validation_files: tuple[str, ...] = ()
     validation_fraction: float = 0.05
     format: str = t.DataFormat.MESSAGES.value
+    prompt_key: str = "prompt"
+    response_key: str = "response"
     seq_length: int = 128
     micro_batch_size: int = 4
     grad_accum_steps: int = 1
@@ -270,6 +272,8 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
             validation_files=tuple(_expand(f, tr.data.builtin_task) for f in tr.data.validation_files),
             validation_fraction=tr.data.validation_fraction,
             format=str(tr.data.format),
+            prompt_key=tr.data.prompt_key,
+            response_key=tr.data.response_key,
             seq_length=hp.seq_length,
             micro_batch_size=hp.micro_batch_size,
             grad_accum_steps=accum,

@@ -78,17 +78,25 @@ def _resolve(pattern: str, base: Path, field: str) -> list[Path]:
     return hits
 
 
-def _record_to_messages(rec: dict[str, Any], fmt: str, where: str) -> list[Message]:
-    if "messages" in rec and (fmt == "messages" or "prompt" not in rec):
+def _record_to_messages(
+    rec: dict[str, Any], fmt: str, where: str, prompt_key: str = "prompt", response_key: str = "response"
+) -> list[Message]:
+    """One conversation from a ``messages`` record, or from ``promptKey`` + ``responseKey``."""
+    if not isinstance(rec, dict):
+        raise ConfigError(f"{where}: a record must be a JSON object, found {type(rec).__name__}")
+    if "messages" in rec and (fmt == "messages" or prompt_key not in rec):
         msgs = rec["messages"]
         if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
             raise ConfigError(f"{where}: 'messages' must be a list of {{role, content}} objects")
         return [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
-    if "prompt" in rec and "response" in rec:
-        return [{"role": "user", "content": str(rec["prompt"])}, {"role": "assistant", "content": str(rec["response"])}]
+    if prompt_key in rec and response_key in rec:
+        return [
+            {"role": "user", "content": str(rec[prompt_key])},
+            {"role": "assistant", "content": str(rec[response_key])},
+        ]
     raise ConfigError(
-        f"{where}: a record needs 'messages' or 'prompt' + 'response' "
-        f"(spec.trainer.data.format is {fmt!r}); found keys {sorted(rec)}"
+        f"{where}: a record needs 'messages' or {prompt_key!r} + {response_key!r} (spec.trainer.data.format is "
+        f"{fmt!r}, promptKey/responseKey name the fields); found keys {sorted(rec)}"
     )
 
 
@@ -114,7 +122,7 @@ def load_conversations(files: tuple[str, ...], cfg: DataConfig, field: str) -> l
                             rec = json.loads(line)
                         except json.JSONDecodeError as exc:
                             raise ConfigError(f"{where}: not JSON ({exc})") from exc
-                        out.append(_record_to_messages(rec, cfg.format, where))
+                        out.append(_record_to_messages(rec, cfg.format, where, cfg.prompt_key, cfg.response_key))
     if not out:
         raise ConfigError(f"{field}: no examples found; add JSONL records or use {BUILTIN_PYDOC!r}")
     return out
