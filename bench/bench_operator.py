@@ -19,6 +19,7 @@ import argparse
 import copy
 import datetime
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,13 @@ import mtp_operator.handlers as handlers_mod
 from mtp_api import types as t
 from mtp_operator import metrics
 from mtp_operator.settings import OperatorConfig
-from mtp_operator.testing.apiserver import ApiCounters
-from mtp_operator.testing.harness import OperatorThread, ServerThread, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the test API server lives in tests/apiserver, which is not shipped
+
+from tests.apiserver.apiserver import ApiCounters  # noqa: E402
+from tests.apiserver.harness import OperatorThread, ServerThread, wait_for  # noqa: E402
+
 RESYNC_SECONDS = 5.0
 
 

@@ -12,8 +12,8 @@ from prometheus_client import generate_latest
 
 from mtp_operator import metrics, names
 from mtp_operator.settings import OperatorConfig
-from mtp_operator.testing.harness import OperatorThread, ServerThread, wait_for
 from mtp_rollout import metric_names as mn
+from tests.apiserver.harness import OperatorThread, ServerThread, wait_for
 from tests.e2e.conftest import needs_vllm
 from tests.e2e.test_collector_vllm import vllm_counters
 from tests.operator.conftest import job_manifest

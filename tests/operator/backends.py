@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from mtp_api import types as t
 from mtp_operator.settings import OperatorConfig
-from mtp_operator.testing.harness import OperatorThread, ServerThread
+from tests.apiserver.harness import OperatorThread, ServerThread
 
 PLURAL_KIND = {
     "configmaps": "ConfigMap",
@@ -69,7 +69,7 @@ class KmockBackend:
         srv = self.server.server
 
         def do() -> None:
-            from mtp_operator.testing.apiserver import merge_patch
+            from tests.apiserver.apiserver import merge_patch
 
             key = next(k for k in srv.objects if k[2] == plural and k[3] == self.namespace and k[4] == name)
             res = next(r for r in srv.resources if r.plural == plural and (r.group or "") == key[0])

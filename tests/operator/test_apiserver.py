@@ -11,7 +11,7 @@ import aiohttp
 import kmock
 import pytest
 
-from mtp_operator.testing.apiserver import TestApiServer, json_patch, strategic_merge_patch
+from tests.apiserver.apiserver import TestApiServer, json_patch, strategic_merge_patch
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
 

@@ -14,7 +14,7 @@ import yaml
 from mtp_api import types as t
 from mtp_operator import handlers, metrics
 from mtp_operator import reconcile as reconcile_module
-from mtp_operator.testing.harness import wait_for
+from tests.apiserver.harness import wait_for
 from tests.operator.backends import Backend
 
 NAME = "demo"

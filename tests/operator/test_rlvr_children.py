@@ -16,7 +16,7 @@ import yaml
 from mtp_api import types as t
 from mtp_api.validation import semantic_checks
 from mtp_operator.children import desired_children
-from mtp_operator.testing.harness import wait_for
+from tests.apiserver.harness import wait_for
 from tests.operator.backends import Backend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,10 +211,10 @@ def test_rank_0s_rl_step_lands_in_status(tmp_path: Path) -> None:
     from prometheus_client import start_http_server
 
     from mtp_operator.settings import OperatorConfig
-    from mtp_operator.testing.harness import OperatorThread, ServerThread
     from mtp_trainer.config import MetricsConfig
     from mtp_trainer.metrics import Metrics
     from mtp_trainer.rl.metrics import RLMetrics, RLStepRecord
+    from tests.apiserver.harness import OperatorThread, ServerThread
 
     m = Metrics(MetricsConfig(job=NAME, namespace="team-a"), tmp_path)
     RLMetrics(m).record(

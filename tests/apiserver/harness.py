@@ -21,7 +21,7 @@ from mtp_operator.handlers import make_registry, make_settings
 from mtp_operator.main import run_operator
 from mtp_operator.runtime import Runtime
 from mtp_operator.settings import OperatorConfig
-from mtp_operator.testing.apiserver import TestApiServer
+from tests.apiserver.apiserver import TestApiServer
 
 
 class ServerThread:
