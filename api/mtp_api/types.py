@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from mtp_api import contracts
+
 GROUP = "mtp.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -98,7 +100,7 @@ class ModelFamily(StrEnum):
 
 
 # vLLM 0.32 refuses a dense Qwen3-Next; the rollout serves ``qwen3_next`` exports through the
-# ``vllm.general_plugins`` entry point ``mtp_rollout.vllm_compat:apply`` (docs/rollout.md).
+# ``vllm.general_plugins`` entry point ``mtp_rollout.runtime.vllm_compat:apply`` (docs/rollout.md).
 
 
 # Families whose Megatron provider and weight mapping exist in trainer/. The others are accepted
@@ -435,7 +437,7 @@ class TrainerSpec(ApiModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     data: DataSpec
     volumes: Volumes = Field(default_factory=Volumes)
-    metrics_port: int = Field(default=9400, ge=1024, le=65535)
+    metrics_port: int = Field(default=contracts.DEFAULT_TRAINER_METRICS_PORT, ge=1024, le=65535)
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="rlvr only: the GRPO settings.")
     warmup: SFTWarmup | None = Field(default=None, description="rlvr only: SFT steps before RL.")
 
@@ -488,7 +490,7 @@ class RolloutSpec(ApiModel):
     resources: Resources = Field(default_factory=Resources)
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    port: int = Field(default=8000, ge=1024, le=65535)
+    port: int = Field(default=contracts.DEFAULT_ROLLOUT_PORT, ge=1024, le=65535)
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(

@@ -290,9 +290,7 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
     """Constraints that CEL cannot express well, and advice that is not an error."""
     errors: list[Finding] = []
     warnings: list[Finding] = []
-    spec = job.spec
-    tr = spec.trainer
-    hp = tr.hyperparameters
+    tr = job.spec.trainer
     dp = tr.data_parallel_size()
     if dp < 1:  # CEL says so too; the operator reaches here without CEL (typed body from the API server)
         errors.append(
@@ -304,6 +302,18 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
             )
         )
         return errors, warnings
+    for check in (_batch_findings, _tiny_model_findings, _rollout_findings, _mtp_findings):
+        check(job, errors, warnings)
+    from mtp_api.capabilities import capability_findings  # imports Finding from here
+
+    cap_errors, cap_warnings = capability_findings(job)
+    return errors + cap_errors, warnings + cap_warnings
+
+
+def _batch_findings(job: t.MTPTrainingJob, errors: list[Finding], warnings: list[Finding]) -> None:
+    """The global batch against micro batch x data parallel, and the save cadence."""
+    hp = job.spec.trainer.hyperparameters
+    dp = job.spec.trainer.data_parallel_size()
     per_step = hp.micro_batch_size * dp
     if hp.global_batch_size % per_step != 0:
         errors.append(
@@ -327,6 +337,12 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
         warnings.append(
             Finding("spec.trainer.hyperparameters.saveSteps", "exceeds maxSteps: only the final checkpoint is saved")
         )
+
+
+def _tiny_model_findings(job: t.MTPTrainingJob, errors: list[Finding], warnings: list[Finding]) -> None:
+    """A tiny model's shape against the parallel layout and vLLM's attention kernels."""
+    spec = job.spec
+    tr = spec.trainer
     tiny = spec.model.source.tiny
     if tiny is not None:
         pp = tr.strategy.pipeline_parallel_size
@@ -362,6 +378,12 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
                     f"head dim hiddenSize/numAttentionHeads = {head_dim} must be a multiple of 8 (rotary halves)",
                 )
             )
+
+
+def _rollout_findings(job: t.MTPTrainingJob, errors: list[Finding], warnings: list[Finding]) -> None:
+    """The rollout against the trainer's sequences and the model's MTP depth."""
+    spec = job.spec
+    hp = spec.trainer.hyperparameters
     if spec.rollout is not None:
         gen = spec.rollout.generation
         if hp.seq_length > gen.max_model_len and spec.pipeline == t.Pipeline.RLVR:
@@ -383,6 +405,12 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
             )
         if spec.rollout.gpus_per_replica > 0 and spec.rollout.gpus_per_replica < spec.rollout.tensor_parallel_size:
             errors.append(Finding("spec.rollout.gpusPerReplica", "must be at least tensorParallelSize"))
+
+
+def _mtp_findings(job: t.MTPTrainingJob, errors: list[Finding], warnings: list[Finding]) -> None:
+    """MTP depth of the family, and training modes that are allowed but unusual for the pipeline."""
+    spec = job.spec
+    tr = spec.trainer
     n_mtp = spec.model.mtp_num_layers or 0
     if spec.model.family in t.TRAINER_FAMILIES and n_mtp > 1:
         errors.append(
@@ -415,10 +443,6 @@ def semantic_checks(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]
                     "disabled while the rollout drafts with MTP: the head will drift from the trained policy",
                 )
             )
-    from mtp_api.capabilities import capability_findings  # imports Finding from here
-
-    cap_errors, cap_warnings = capability_findings(job)
-    return errors + cap_errors, warnings + cap_warnings
 
 
 def _pydantic_findings(exc: ValidationError) -> list[Finding]:

@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from mtp_api.contracts import EXIT_INVALID_SPEC
     from mtp_api.validation import ManifestError, load_job
     from mtp_rollout.bench import result_table, run_bench
-    from mtp_rollout.checkpoint_check import CheckpointError, check_mtp_checkpoint
     from mtp_rollout.prompts import pydoc_prompts
-    from mtp_rollout.server import ServerError
+    from mtp_rollout.runtime.checkpoint_check import CheckpointError, check_mtp_checkpoint
+    from mtp_rollout.runtime.server import ServerError
 
     console = Console()
     try:

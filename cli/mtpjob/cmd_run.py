@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     from mtp_api.contracts import EXIT_INVALID_SPEC
     from mtp_api.validation import ManifestError, load_job
-    from mtp_rollout.checkpoint_check import CheckpointError
     from mtp_rollout.local_run import RunOptions, run_local
+    from mtp_rollout.runtime.checkpoint_check import CheckpointError
 
     console = Console()
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from mtp_api import types as t
-from mtp_rollout.exporter import AcceptanceExporter
+from mtp_rollout.interface import AcceptanceExporter
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -4,7 +4,7 @@ Status must be a pure function of the job, its observed children and the latest 
 scrapers do not write status themselves: they put what they read here, and the next reconcile
 (an event or the resync timer) copies it into ``status.trainer`` / ``status.rollout`` / ``status.rl``.
 
-The seam for scrapers (e.g. a Kopf daemon running ``mtp_rollout.collector`` per job)::
+The seam for scrapers (e.g. a Kopf daemon running the rollout's ``Collector`` per job)::
 
     store = memo.metrics            # the one LatestMetrics of this operator, set at startup
     store.put_rollout(namespace, name, t.RolloutStatus(acceptance_rate=..., ...))

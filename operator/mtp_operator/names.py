@@ -6,32 +6,38 @@ dashboards agree on them; a rename here is a rename everywhere.
 
 from __future__ import annotations
 
+from mtp_api import contracts
 from mtp_api import types as t
 
 MANAGED_BY = "mtp-operator"
 FIELD_MANAGER = "mtp-operator"
 
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_PART_OF = "app.kubernetes.io/part-of"
-LABEL_JOB = "mtp.io/job-name"
+# Shared with the chart, the trainer and the rollout: defined in mtp_api.contracts and named here too,
+# so the operator reads ``names.X`` for everything it stamps on an object.
+LABEL_NAME = contracts.LABEL_NAME
+LABEL_INSTANCE = contracts.LABEL_INSTANCE
+LABEL_COMPONENT = contracts.LABEL_COMPONENT
+LABEL_MANAGED_BY = contracts.LABEL_MANAGED_BY
+LABEL_PART_OF = contracts.LABEL_PART_OF
+LABEL_JOB = contracts.LABEL_JOB
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 
 ANNOTATION_SPEC_HASH = "mtp.io/spec-hash"
 ANNOTATION_CONFIG_HASH = "mtp.io/config-hash"
 
-COMPONENT_TRAINER = "trainer"
-COMPONENT_ROLLOUT = "rollout"
+COMPONENT_TRAINER = contracts.COMPONENT_TRAINER
+COMPONENT_ROLLOUT = contracts.COMPONENT_ROLLOUT
 COMPONENT_CONFIG = "config"
 
-CONFIG_MOUNT_DIR = "/etc/mtpjob"
-CONFIG_FILE = "job.yaml"
+CONFIG_MOUNT_DIR = contracts.CONFIG_MOUNT_DIR
+CONFIG_FILE = contracts.JOB_FILE
+# In the ConfigMap, for people and tools: the rollout's command line and env (nothing mounts it).
 ROLLOUT_PLAN_FILE = "rollout.json"
-DEFAULT_OUTPUT_DIR = "/var/lib/mtpjob/output"
-MODEL_MOUNT_DIR = "/models/source"
-RENDEZVOUS_PORT = 29500
+DEFAULT_OUTPUT_DIR = contracts.DEFAULT_OUTPUT_DIR
+MODEL_MOUNT_DIR = contracts.MODEL_MOUNT_DIR
+RENDEZVOUS_PORT = contracts.RENDEZVOUS_PORT
+# The rollout Service's port name (the container port it targets is contracts.PORT_ROLLOUT).
+SERVICE_PORT_ROLLOUT = "http"
 
 
 def config_map(job: t.MTPTrainingJob) -> str:

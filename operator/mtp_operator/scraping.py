@@ -2,7 +2,7 @@
 
 A per-job Kopf daemon (``handlers.py``) calls ``JobScraper.round`` every ``scrape_seconds``:
 
-- the rollout half runs ``mtp_rollout.collector.Collector`` over the job's ready rollout pods
+- the rollout half runs the rollout's ``Collector`` (``mtp_rollout.interface``) over the job's ready rollout pods
   (windowed, reset-aware acceptance figures; every pod failure is bounded by a timeout and costs
   one log line) and publishes the figures through ``AcceptanceExporter`` on the operator's own
   ``/metrics``, labelled by namespace and job;
@@ -11,7 +11,7 @@ A per-job Kopf daemon (``handlers.py``) calls ``JobScraper.round`` every ``scrap
   acceptance during the step's generation, weight version).
 
 Nothing here writes status. What goes into ``LatestMetrics`` is the rounded summary of
-``mtp_rollout.status``, and only when ``StatusWritePolicy`` says it is worth a write, so the next
+``rollout_status``, and only when ``StatusWritePolicy`` says it is worth a write, so the next
 reconcile patches status at most once per ``status_min_interval_seconds`` for acceptance noise.
 """
 
@@ -24,15 +24,14 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from pydantic import ValidationError
 
+from mtp_api import contracts
 from mtp_api import types as t
+from mtp_api.exposition import parse
 from mtp_operator import names
 from mtp_operator.metrics_store import JobKey, LatestMetrics
 from mtp_operator.observed import PodState
 from mtp_operator.settings import OperatorConfig
-from mtp_rollout.collector import Collector, Target, fetch_text
-from mtp_rollout.exporter import AcceptanceExporter
-from mtp_rollout.exposition import parse
-from mtp_rollout.status import StatusWritePolicy, rollout_status
+from mtp_rollout.interface import AcceptanceExporter, Collector, StatusWritePolicy, Target, fetch_text, rollout_status
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +70,11 @@ def trainer_status(text: str) -> t.TrainerStatus | None:
     for s in parse(text).samples:
         if not math.isfinite(s.value):
             continue
-        if s.name == "mtp_trainer_step":
+        if s.name == contracts.TRAINER_STEP:
             step = s.value
-        elif s.name == "mtp_trainer_lm_loss" and s.label("split") in (None, "train"):
+        elif s.name == contracts.TRAINER_LM_LOSS and s.label("split") in (None, "train"):
             lm = s.value
-        elif s.name == "mtp_trainer_mtp_loss" and s.label("split") in (None, "train"):
+        elif s.name == contracts.TRAINER_MTP_LOSS and s.label("split") in (None, "train"):
             mtp.append(s.value)
     if step is None or step < 0:
         return None
@@ -84,16 +83,14 @@ def trainer_status(text: str) -> t.TrainerStatus | None:
 
 # rank 0's RL gauges (trainer/mtp_trainer/rl/metrics.py) -> RLStatus fields; reward and accuracy are
 # read for split="train" (the step's own samples), not the held-out validation figures.
-RL_REWARD_MEAN = "mtp_trainer_rl_reward_mean"
-RL_ACCURACY = "mtp_trainer_rl_accuracy"
 RL_GAUGES = {
-    RL_REWARD_MEAN: "reward_mean",
-    RL_ACCURACY: "accuracy",
-    "mtp_trainer_rl_acceptance_rate": "acceptance_rate",
-    "mtp_trainer_rl_mean_acceptance_length": "mean_acceptance_length",
-    "mtp_trainer_rl_weight_version": "weight_version",
+    contracts.RL_REWARD_MEAN: "reward_mean",
+    contracts.RL_ACCURACY: "accuracy",
+    contracts.RL_ACCEPTANCE_RATE: "acceptance_rate",
+    contracts.RL_MEAN_ACCEPTANCE_LENGTH: "mean_acceptance_length",
+    contracts.RL_WEIGHT_VERSION: "weight_version",
 }
-SPLIT_GAUGES = (RL_REWARD_MEAN, RL_ACCURACY)
+SPLIT_GAUGES = (contracts.RL_REWARD_MEAN, contracts.RL_ACCURACY)
 INTEGER_FIELDS = ("step", "weight_version")
 
 
@@ -109,7 +106,7 @@ def rl_status(text: str) -> t.RLStatus | None:
     for s in parse(text).samples:
         if not math.isfinite(s.value):
             continue
-        if s.name == "mtp_trainer_step":
+        if s.name == contracts.TRAINER_STEP:
             step = s.value
         elif s.name in RL_GAUGES and (s.name not in SPLIT_GAUGES or s.label("split") in (None, "train")):
             values[RL_GAUGES[s.name]] = s.value
@@ -184,7 +181,7 @@ class JobScraper:
             self._store.put_rl(*self.key, rl)
         status = trainer_status(text)
         if status is None:
-            log.warning("scrape of trainer %s/%s at %s: no mtp_trainer_step series", *self.key, url)
+            log.warning("scrape of trainer %s/%s at %s: no %s series", *self.key, url, contracts.TRAINER_STEP)
             return
         self._store.put_trainer(*self.key, status)
 

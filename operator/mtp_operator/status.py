@@ -12,6 +12,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Literal
 
+from mtp_api import contracts
 from mtp_api import types as t
 from mtp_operator import names
 from mtp_operator.metrics_store import JobMetrics
@@ -20,7 +21,7 @@ from mtp_operator.observed import Observed
 RATE_DIGITS = 3
 LOSS_DIGITS = 4
 TPS_DIGITS = 1
-BAD_INPUT_EXIT_CODE = 2  # mtp_trainer.main's status for bad input
+BAD_INPUT_EXIT_CODE = contracts.EXIT_INVALID_SPEC  # mtp_trainer.main's status for bad input
 
 Status3 = Literal["True", "False", "Unknown"]
 Cond = tuple[t.ConditionType, Status3, str, str]

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from mtp_api import types as t
-from mtp_rollout.exposition import parse
-from mtp_rollout.launcher import server_plan
-from mtp_rollout.rates import WindowFigures, counter_series, increments
-from mtp_rollout.server import VllmServer, free_port, running
+from mtp_api.acceptance import WindowFigures, counter_series, increments
+from mtp_api.exposition import parse
+from mtp_rollout.runtime.launcher import server_plan
+from mtp_rollout.runtime.server import VllmServer, free_port, running
 
 
 @dataclass

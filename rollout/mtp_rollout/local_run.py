@@ -42,15 +42,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mtp_api import types as t
+from mtp_api.acceptance import WindowFigures, counter_series, increments
+from mtp_api.exposition import parse
 from mtp_rollout.bench import DecodeRun, decode_pass
-from mtp_rollout.checkpoint_check import check_mtp_checkpoint
-from mtp_rollout.collector import Collector, ScrapeReport, Target, run_forever
-from mtp_rollout.exporter import AcceptanceExporter
-from mtp_rollout.exposition import parse
-from mtp_rollout.launcher import server_plan
-from mtp_rollout.rates import WindowFigures, counter_series, increments
-from mtp_rollout.server import VllmServer, free_port
-from mtp_rollout.status import rollout_status
+from mtp_rollout.metrics.collector import Collector, ScrapeReport, Target, run_forever
+from mtp_rollout.metrics.exporter import AcceptanceExporter
+from mtp_rollout.metrics.status import rollout_status
+from mtp_rollout.runtime.checkpoint_check import check_mtp_checkpoint
+from mtp_rollout.runtime.launcher import server_plan
+from mtp_rollout.runtime.server import VllmServer, free_port
 
 
 class RunError(RuntimeError):

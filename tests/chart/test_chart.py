@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mtp_api import contracts
 from mtp_api.crd import crd_yaml
 from mtp_operator.settings import PREFIX, OperatorConfig
 from tests.chart.conftest import CHART, REPO, VALUES, render
@@ -77,7 +78,8 @@ def test_default_install_is_cluster_wide_with_cluster_peering(helm: Path) -> Non
     role = by_kind(docs, "ClusterRole")[0]
     verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert verbs[("apps", "statefulsets")] == {"get", "list", "watch", "create", "patch"}  # no delete: GC does it
-    assert verbs[("", "pods")] == {"get", "list", "watch"}
+    assert verbs[("", "pods")] == {"get", "list", "watch", "delete"}  # group restarts, force-deleting lost pods
+    assert verbs[("", "events")] == {"create"}  # restarts, failures and success are Events
     assert ("", "secrets") not in verbs
     dep = by_kind(docs, "Deployment")[0]
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/mtp-io/mtp-operator:0.1.0"
@@ -126,10 +128,11 @@ def test_monitoring_objects(helm: Path) -> None:
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
     pods = {p["metadata"]["name"]: p for p in by_kind(docs, "PodMonitor")}
     rollout, trainer = pods["mtp-mtp-operator-rollout"], pods["mtp-mtp-operator-trainer"]
-    assert rollout["spec"]["podMetricsEndpoints"][0]["port"] == "http-metrics"
-    assert trainer["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # the port names the operator gives the containers (mtp_api.contracts)
+    assert rollout["spec"]["podMetricsEndpoints"][0]["port"] == contracts.PORT_ROLLOUT == "http-metrics"
+    assert trainer["spec"]["podMetricsEndpoints"][0]["port"] == contracts.PORT_TRAINER_METRICS == "metrics"
     assert trainer["spec"]["podMetricsEndpoints"][0]["interval"] == "1m"
-    assert rollout["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "rollout"
+    assert rollout["spec"]["selector"]["matchLabels"][contracts.LABEL_COMPONENT] == contracts.COMPONENT_ROLLOUT
     rule = by_kind(docs, "PrometheusRule")[0]
     groups = [g["name"] for g in rule["spec"]["groups"]]
     expected = [

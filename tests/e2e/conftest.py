@@ -41,8 +41,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, model: Path, speculative: bool) -> Iterator[object]:
-    from mtp_rollout.launcher import server_plan
-    from mtp_rollout.server import free_port, running
+    from mtp_rollout.runtime.launcher import server_plan
+    from mtp_rollout.runtime.server import free_port, running
 
     port = free_port()
     plan = server_plan(job_with_k(K), str(model), host="127.0.0.1", port=port, speculative=speculative)

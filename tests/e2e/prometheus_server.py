@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from mtp_rollout.server import free_port
+from mtp_rollout.runtime.server import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 

@@ -12,10 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from mtp_rollout import metric_names as mn
-from mtp_rollout.collector import Collector, Target
-from mtp_rollout.exporter import AcceptanceExporter
-from mtp_rollout.status import rollout_status
+from mtp_rollout.metrics import metric_names as mn
+from mtp_rollout.metrics.collector import Collector, Target
+from mtp_rollout.metrics.exporter import AcceptanceExporter
+from mtp_rollout.metrics.status import rollout_status
 from tests.e2e.conftest import K, needs_vllm
 
 pytestmark = [pytest.mark.slow, needs_vllm]

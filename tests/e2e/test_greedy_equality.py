@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mtp_rollout import metric_names as mn
-from mtp_rollout.exposition import parse
+from mtp_api.exposition import parse
+from mtp_rollout.metrics import metric_names as mn
 from tests.e2e.conftest import needs_vllm
 
 pytestmark = [pytest.mark.slow, needs_vllm]

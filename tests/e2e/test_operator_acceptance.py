@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 
 from mtp_operator import metrics, names
 from mtp_operator.settings import OperatorConfig
-from mtp_rollout import metric_names as mn
+from mtp_rollout.metrics import metric_names as mn
 from tests.apiserver.harness import OperatorThread, ServerThread, wait_for
 from tests.e2e.conftest import needs_vllm
 from tests.e2e.test_collector_vllm import vllm_counters

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from mtp_rollout import dashboard, rules
-from mtp_rollout import metric_names as mn
-from mtp_rollout.collector import Collector, Target
-from mtp_rollout.exporter import AcceptanceExporter
+from mtp_rollout.metrics import metric_names as mn
+from mtp_rollout.metrics.collector import Collector, Target
+from mtp_rollout.metrics.exporter import AcceptanceExporter
+from mtp_rollout.observability import dashboard, rules
 from tests.e2e.conftest import K, needs_vllm
 from tests.e2e.prometheus_server import PROMETHEUS, Prometheus
 

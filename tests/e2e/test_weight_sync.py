@@ -200,14 +200,14 @@ class Trainer:
 
 
 def _counter(text: str, name: str) -> float:
-    from mtp_rollout.exposition import parse
+    from mtp_api.exposition import parse
 
     return sum(s.value for s in parse(text).samples if s.name == name)
 
 
 def _probe(client: Any, prompts: list[list[int]]) -> list[dict[str, Any]]:
     """Greedy generation one prompt at a time, with that request's draft counters."""
-    from mtp_rollout import metric_names as mn
+    from mtp_rollout.metrics import metric_names as mn
 
     out = []
     for ids in prompts:
@@ -243,8 +243,8 @@ def _compare(trainer: Trainer, prompts: list[list[int]], got: list[dict[str, Any
 @pytest.mark.slow
 @needs_vllm
 def test_weight_sync_target_and_drafter(dist: None, tmp_path: Path) -> None:
-    from mtp_rollout.launcher import server_plan
-    from mtp_rollout.server import free_port, running
+    from mtp_rollout.runtime.launcher import server_plan
+    from mtp_rollout.runtime.server import free_port, running
     from mtp_trainer import hf_export, tokenizer
     from mtp_trainer.model_provider import ModelProvider
     from mtp_trainer.rl.rollout_client import RolloutClient

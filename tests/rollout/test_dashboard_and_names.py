@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mtp_rollout import dashboard, rules
-from mtp_rollout.exporter import AcceptanceExporter
-from mtp_rollout.exposition import parse
-from mtp_rollout.promql_names import metric_names
-from mtp_rollout.rates import Increments, WindowFigures
+from mtp_api.acceptance import Increments, WindowFigures
+from mtp_api.exposition import parse
+from mtp_rollout.metrics.exporter import AcceptanceExporter
+from mtp_rollout.metrics.promql_names import metric_names
+from mtp_rollout.observability import dashboard, rules
 from tests.rollout.conftest import FIXTURES
 
 GRAFANA_SCHEMA = "@grafana/schema@13.2.3"
@@ -93,7 +93,9 @@ def test_the_check_catches_a_typo():
 
 
 def test_dashboard_file_is_not_stale():
-    assert dashboard.DASHBOARD_PATH.read_text() == dashboard.render(), "run: python -m mtp_rollout.dashboard"
+    assert dashboard.DASHBOARD_PATH.read_text() == dashboard.render(), (
+        "run: python -m mtp_rollout.observability.dashboard"
+    )
 
 
 def test_dashboard_covers_the_required_figures():

@@ -7,7 +7,7 @@ import math
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mtp_rollout.exposition import parse
+from mtp_api.exposition import parse
 from tests.rollout.conftest import FIXTURES, fixture_text
 
 

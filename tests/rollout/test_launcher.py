@@ -12,8 +12,8 @@ import pytest
 
 from mtp_api import types as t
 from mtp_api.validation import load_job
-from mtp_rollout.checkpoint_check import CheckpointError, check_cpu_head_size, check_mtp_checkpoint
-from mtp_rollout.launcher import ENV_CHECK_MTP, SERVE_MODULE, VLLM_CPU, VLLM_GPU, server_plan, vllm_requirement
+from mtp_rollout.runtime.checkpoint_check import CheckpointError, check_cpu_head_size, check_mtp_checkpoint
+from mtp_rollout.runtime.launcher import ENV_CHECK_MTP, SERVE_MODULE, VLLM_CPU, VLLM_GPU, server_plan, vllm_requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +87,7 @@ def test_unsupported_cpu_head_size(tmp_path):
 
 
 def test_serve_exits_with_clear_message_before_vllm(tiny, tmp_path):
-    """`python -m mtp_rollout.serve` refuses a checkpoint without MTP weights, with our message."""
+    """`python -m mtp_rollout.runtime.serve` refuses a checkpoint without MTP weights, with our message."""
     bad = _copy_without_mtp(tiny, tmp_path / "m", keep_config=True)
     job = load_job(ROOT / "examples" / "tiny-sft.yaml")
     plan = server_plan(job, str(bad), host="127.0.0.1", port=1)

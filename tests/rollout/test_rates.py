@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from mtp_rollout import metric_names as mn
-from mtp_rollout.exposition import parse
-from mtp_rollout.rates import IncrementWindow, WindowFigures, counter_series, expected_tokens_per_forward, increments
+from mtp_api.acceptance import IncrementWindow, WindowFigures, counter_series, expected_tokens_per_forward, increments
+from mtp_api.exposition import parse
+from mtp_rollout.metrics import metric_names as mn
 from tests.rollout.conftest import fixture_text
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mtp_rollout import metric_names as mn
-from mtp_rollout import rules
+from mtp_rollout.metrics import metric_names as mn
+from mtp_rollout.observability import rules
 
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
@@ -177,7 +177,7 @@ def test_chart_rules_pass_promtool_check():
 
 
 def test_chart_rules_file_is_not_stale():
-    assert rules.RULES_PATH.read_text() == rules.render(), "run: python -m mtp_rollout.rules"
+    assert rules.RULES_PATH.read_text() == rules.render(), "run: python -m mtp_rollout.observability.rules"
 
 
 def test_recording_rules(tmp_path):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from mtp_api.acceptance import Increments, WindowFigures
 from mtp_api.types import RolloutStatus
-from mtp_rollout.rates import Increments, WindowFigures
-from mtp_rollout.status import StatusWritePolicy, rollout_status
+from mtp_rollout.metrics.status import StatusWritePolicy, rollout_status
 
 
 def fig(drafts=100.0, draft_tokens=300.0, accepted=123.0, per_pos=None, gen=4567.0, seconds=10.0) -> WindowFigures:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from mtp_api import contracts
 from mtp_api import types as t
 
 
@@ -179,13 +180,11 @@ class TrainerConfig:
     rl: RLConfig | None = None
 
 
-MODEL_PATH_ENV = "MTP_MODEL_PATH"
-# Where the operator mounts a pvc source (mtp_operator.names.MODEL_MOUNT_DIR); used when the env is unset.
-MODEL_MOUNT_DIR = "/models/source"
+MODEL_PATH_ENV = contracts.ENV_MODEL_PATH
 
 
 def _source(job: t.MTPTrainingJob, base_dir: Path) -> SourceConfig:
-    """One rule with the operator (``builders.model_path.source_model_path``): ``$MTP_MODEL_PATH`` when
+    """One rule with the operator (``contracts.pvc_model_path``, ``builders.model_path.source_model_path``): ``$MTP_MODEL_PATH`` when
     set, else the same value derived from the spec. For pvc and path it is a local directory (a relative
     path is relative to the job file); for huggingFace it is the Hub repo id."""
     src = job.spec.model.source
@@ -198,8 +197,7 @@ def _source(job: t.MTPTrainingJob, base_dir: Path) -> SourceConfig:
         return SourceConfig(kind="huggingFace", repo_id=env or src.hugging_face.id, revision=src.hugging_face.revision)
     if kind == "pvc":
         assert src.pvc is not None
-        default = f"{MODEL_MOUNT_DIR}/{src.pvc.path}".rstrip("/") if src.pvc.path else MODEL_MOUNT_DIR
-        return SourceConfig(kind="path", path=env or default)
+        return SourceConfig(kind="path", path=env or contracts.pvc_model_path(src.pvc.path))
     assert src.path is not None
     p = Path(env or src.path)
     return SourceConfig(kind="path", path=str(p if p.is_absolute() else base_dir / p))

@@ -13,7 +13,9 @@ import sys
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun_main
 
-BAD_INPUT = 2
+from mtp_api import contracts
+
+BAD_INPUT = contracts.EXIT_INVALID_SPEC
 
 
 def main(argv: list[str] | None = None) -> int:

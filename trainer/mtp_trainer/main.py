@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = run(args)
     except (ConfigError, ManifestError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return contracts.EXIT_INVALID_SPEC
     if rc != 0 or not args.hold_after_completion:
         return rc
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from mtp_api import contracts
 from mtp_trainer.config import MetricsConfig
 
 
@@ -59,26 +60,26 @@ class Metrics:
         # "warmup" while an rlvr job runs its SFT warm-up: records are tagged with it and the step
         # gauge is left alone, so warm-up steps never count towards the job's maxSteps.
         self.phase: str | None = None
-        self.path = out_dir / "metrics.jsonl"
+        self.path = out_dir / contracts.METRICS_FILE
         self.port: int | None = None
         self.registry = CollectorRegistry()
         labels = ["job", "namespace"]
         self._base = {"job": cfg.job, "namespace": cfg.namespace}
         r = self.registry
-        self.step = Gauge("mtp_trainer_step", "Last completed optimizer step", labels, registry=r)
-        self.lm_loss = Gauge("mtp_trainer_lm_loss", "Next-token cross-entropy", [*labels, "split"], registry=r)
+        self.step = Gauge(contracts.TRAINER_STEP, "Last completed optimizer step", labels, registry=r)
+        self.lm_loss = Gauge(contracts.TRAINER_LM_LOSS, "Next-token cross-entropy", [*labels, "split"], registry=r)
         self.mtp_loss = Gauge(
-            "mtp_trainer_mtp_loss", "MTP cross-entropy per depth", [*labels, "split", "depth"], registry=r
+            contracts.TRAINER_MTP_LOSS, "MTP cross-entropy per depth", [*labels, "split", "depth"], registry=r
         )
         self.mtp_agreement = Gauge(
-            "mtp_trainer_mtp_agreement",
+            contracts.TRAINER_MTP_AGREEMENT,
             "Top-1 agreement of the MTP head with the actual token at depth+1 (offline acceptance proxy)",
             [*labels, "split", "depth"],
             registry=r,
         )
-        self.tokens_per_s = Gauge("mtp_trainer_tokens_per_second", "Training tokens per second", labels, registry=r)
-        self.step_s = Gauge("mtp_trainer_step_seconds", "Wall time of the last optimizer step", labels, registry=r)
-        self.lr = Gauge("mtp_trainer_learning_rate", "Current learning rate", labels, registry=r)
+        self.tokens_per_s = Gauge(contracts.TRAINER_TOKENS_PER_SECOND, "Training tokens per second", labels, registry=r)
+        self.step_s = Gauge(contracts.TRAINER_STEP_SECONDS, "Wall time of the last optimizer step", labels, registry=r)
+        self.lr = Gauge(contracts.TRAINER_LEARNING_RATE, "Current learning rate", labels, registry=r)
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
             if cfg.port:

@@ -47,6 +47,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mtp_api import contracts
+from mtp_api.acceptance import figures_between
 from mtp_trainer import checkpoint, data, hf_export, mtp_modes
 from mtp_trainer.config import ConfigError, RLConfig, TrainerConfig
 from mtp_trainer.metrics import Metrics
@@ -154,15 +155,8 @@ def resolve_all(host: str, port: int, want: int = 1, timeout_s: float = 600.0) -
 
 def acceptance(before: list[str], after: list[str], model_name: str) -> tuple[Any, int]:
     """vLLM counter increments over the generate phase, summed over replicas (reset-aware)."""
-    from mtp_rollout.exposition import parse
-    from mtp_rollout.rates import Increments, WindowFigures, counter_series, increments
-
-    total = Increments()
-    for b, a in zip(before, after, strict=True):
-        prev, _ = counter_series(parse(b).samples, model_name)
-        cur, _ = counter_series(parse(a).samples, model_name)
-        total.add(increments(prev, cur))
-    return WindowFigures(0.0, total), int(total.generation_tokens)
+    figures = figures_between(before, after, model_name)
+    return figures, int(figures.inc.generation_tokens)
 
 
 # ------------------------------------------------------------------------------------ the run

@@ -11,7 +11,7 @@ from mtp_api import types as t
 from mtp_operator import names
 from mtp_operator.builders import common
 from mtp_operator.builders.model_path import rollout_model_path
-from mtp_rollout.launcher import server_plan
+from mtp_rollout.interface import server_plan
 
 
 def job_document(job: t.MTPTrainingJob) -> dict[str, Any]:

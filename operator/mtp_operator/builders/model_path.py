@@ -18,7 +18,7 @@ def source_model_path(job: t.MTPTrainingJob) -> str | None:
     """The starting checkpoint as a path or hub id; None for a tiny model made in code."""
     src = job.spec.model.source
     if src.pvc is not None:
-        return f"{names.MODEL_MOUNT_DIR}/{src.pvc.path}".rstrip("/") if src.pvc.path else names.MODEL_MOUNT_DIR
+        return contracts.pvc_model_path(src.pvc.path)
     if src.hugging_face is not None:
         return src.hugging_face.id
     if src.path is not None:

@@ -1,4 +1,4 @@
-"""The rollout Deployment: vLLM's OpenAI server, its command line from ``mtp_rollout.launcher.server_plan``.
+"""The rollout Deployment: vLLM's OpenAI server, its command line from ``mtp_rollout.interface.server_plan``.
 
 The launcher is the single place that knows vLLM's flags (``--speculative-config`` JSON, TP, CPU
 mode), so a change of ``numSpeculativeTokens`` changes the pod template's args and the Deployment
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtp_api import contracts
 from mtp_api import types as t
 from mtp_operator import names
 from mtp_operator.builders import common
 from mtp_operator.builders.model_path import rollout_model_path, serves_trainer_export
-from mtp_rollout.launcher import server_plan
+from mtp_rollout.interface import server_plan
 
 WAIT_SCRIPT = 'until [ -f "$1" ]; do echo "waiting for $1"; sleep 10; done'
 
@@ -41,7 +42,7 @@ def build_rollout_deployment(job: t.MTPTrainingJob, *, replicas: int, config_has
     model_path = rollout_model_path(job)
     plan = server_plan(job, model_path, weight_sync=job.spec.pipeline == t.Pipeline.RLVR)
     volumes, mounts = rollout_volumes(job)
-    probe_port = "http-metrics"
+    probe_port = contracts.PORT_ROLLOUT
     container: dict[str, Any] = {
         "name": "vllm",
         "image": rollout.image,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtp_api import contracts
 from mtp_api import types as t
 from mtp_operator import names
 from mtp_operator.builders import common
@@ -21,11 +22,16 @@ def build_trainer_service(job: t.MTPTrainingJob) -> dict[str, Any]:
             "publishNotReadyAddresses": True,
             "selector": names.selector(job, names.COMPONENT_TRAINER),
             "ports": [
-                {"name": "rdzv", "port": names.RENDEZVOUS_PORT, "targetPort": "rdzv", "protocol": "TCP"},
                 {
-                    "name": "metrics",
+                    "name": contracts.PORT_RENDEZVOUS,
+                    "port": names.RENDEZVOUS_PORT,
+                    "targetPort": contracts.PORT_RENDEZVOUS,
+                    "protocol": "TCP",
+                },
+                {
+                    "name": contracts.PORT_TRAINER_METRICS,
                     "port": job.spec.trainer.metrics_port,
-                    "targetPort": "metrics",
+                    "targetPort": contracts.PORT_TRAINER_METRICS,
                     "protocol": "TCP",
                 },
             ],
@@ -42,7 +48,14 @@ def build_rollout_service(job: t.MTPTrainingJob) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": names.selector(job, names.COMPONENT_ROLLOUT),
-            "ports": [{"name": "http", "port": rollout.port, "targetPort": "http-metrics", "protocol": "TCP"}],
+            "ports": [
+                {
+                    "name": names.SERVICE_PORT_ROLLOUT,
+                    "port": rollout.port,
+                    "targetPort": contracts.PORT_ROLLOUT,
+                    "protocol": "TCP",
+                }
+            ],
         },
     }
 
@@ -63,6 +76,13 @@ def build_rollout_peers_service(job: t.MTPTrainingJob) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": False,
             "selector": names.selector(job, names.COMPONENT_ROLLOUT),
-            "ports": [{"name": "http", "port": rollout.port, "targetPort": "http-metrics", "protocol": "TCP"}],
+            "ports": [
+                {
+                    "name": names.SERVICE_PORT_ROLLOUT,
+                    "port": rollout.port,
+                    "targetPort": contracts.PORT_ROLLOUT,
+                    "protocol": "TCP",
+                }
+            ],
         },
     }

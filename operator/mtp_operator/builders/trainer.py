@@ -43,8 +43,8 @@ def trainer_env(job: t.MTPTrainingJob) -> list[dict[str, Any]]:
             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{names.POD_INDEX_LABEL}']"}},
         },
         {"name": "NPROC_PER_NODE", "value": str(max(tr.gpus_per_replica, 1))},
-        {"name": "MTP_JOB_NAME", "value": job.metadata.name},
-        {"name": "MTP_METRICS_PORT", "value": str(tr.metrics_port)},
+        {"name": contracts.ENV_JOB_NAME, "value": job.metadata.name},
+        {"name": contracts.ENV_METRICS_PORT, "value": str(tr.metrics_port)},
     ]
     model = source_model_path(job)
     if model is not None:
@@ -104,10 +104,14 @@ def build_trainer_statefulset(job: t.MTPTrainingJob, *, replicas: int, config_ha
         "command": trainer_command(job),
         "env": trainer_env(job),
         "ports": [
-            {"name": "rdzv", "containerPort": names.RENDEZVOUS_PORT, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": tr.metrics_port, "protocol": "TCP"},
+            {"name": contracts.PORT_RENDEZVOUS, "containerPort": names.RENDEZVOUS_PORT, "protocol": "TCP"},
+            {"name": contracts.PORT_TRAINER_METRICS, "containerPort": tr.metrics_port, "protocol": "TCP"},
         ],
-        "readinessProbe": {"tcpSocket": {"port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": {
+            "tcpSocket": {"port": contracts.PORT_TRAINER_METRICS},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
         "volumeMounts": mounts,
         "securityContext": common.container_security_context(),
     }

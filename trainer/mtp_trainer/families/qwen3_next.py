@@ -8,7 +8,7 @@ One tensor mapping, two config.json flavours:
 - ``qwen3_next`` writes ``Qwen3NextForCausalLM`` with dense MLPs (``num_experts: 0``), which
   vLLM's Qwen3.5 is built on and which imports on CPU (drafter: ``qwen3_next_mtp``). Stock vLLM
   0.32 refuses a Qwen3-Next without MoE layers (``QwenNextMixtureOfExperts.set_moe_parameters``
-  raises "No Qwen3Next layer found"); the rollout's vLLM plugin ``mtp_rollout.vllm_compat``
+  raises "No Qwen3Next layer found"); the rollout's vLLM plugin ``mtp_rollout.runtime.vllm_compat``
   (entry point ``vllm.general_plugins``) lifts that, and is installed wherever our vLLM runs.
 - ``qwen3_next_one_expert`` (not an API value; ``hf_export`` can be asked for it) writes the same
   function in a form *stock* vLLM loads without any plugin: each dense SwiGLU MLP as an exactly

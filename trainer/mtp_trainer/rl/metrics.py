@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
+from mtp_api import contracts
 from mtp_trainer.metrics import Metrics
 
 PHASES = ("generate", "reward", "train", "sync")
@@ -67,21 +68,7 @@ class RLValidationRecord:
         return {"phase": "rl", "split": "validation", **asdict(self)}
 
 
-RL_METRIC_NAMES = (
-    "mtp_trainer_rl_reward_mean",
-    "mtp_trainer_rl_reward_std",
-    "mtp_trainer_rl_accuracy",
-    "mtp_trainer_rl_parse_failures",
-    "mtp_trainer_rl_response_length",
-    "mtp_trainer_rl_entropy",
-    "mtp_trainer_rl_kl",
-    "mtp_trainer_rl_clip_fraction",
-    "mtp_trainer_rl_phase_seconds",
-    "mtp_trainer_rl_weight_version",
-    "mtp_trainer_rl_acceptance_rate",
-    "mtp_trainer_rl_mean_acceptance_length",
-    "mtp_trainer_rl_generation_tokens_per_second",
-)
+RL_METRIC_NAMES = contracts.RL_METRIC_NAMES
 
 
 class RLMetrics:
@@ -96,23 +83,23 @@ class RLMetrics:
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> None:
             self._g[name] = Gauge(name, doc, [*labels, *extra], registry=r)
 
-        gauge("mtp_trainer_rl_reward_mean", "Mean reward of the step's samples (or held-out prompts)", ("split",))
-        gauge("mtp_trainer_rl_reward_std", "Standard deviation of the step's rewards")
-        gauge("mtp_trainer_rl_accuracy", "Share of samples whose answer verified correct", ("split",))
-        gauge("mtp_trainer_rl_parse_failures", "Samples of the last step whose answer could not be parsed")
-        gauge("mtp_trainer_rl_response_length", "Mean response length in tokens")
-        gauge("mtp_trainer_rl_entropy", "Mean per-token policy entropy on the responses")
+        gauge(contracts.RL_REWARD_MEAN, "Mean reward of the step's samples (or held-out prompts)", ("split",))
+        gauge(contracts.RL_REWARD_STD, "Standard deviation of the step's rewards")
+        gauge(contracts.RL_ACCURACY, "Share of samples whose answer verified correct", ("split",))
+        gauge(contracts.RL_PARSE_FAILURES, "Samples of the last step whose answer could not be parsed")
+        gauge(contracts.RL_RESPONSE_LENGTH, "Mean response length in tokens")
+        gauge(contracts.RL_ENTROPY, "Mean per-token policy entropy on the responses")
         gauge(
-            "mtp_trainer_rl_kl",
+            contracts.RL_KL,
             "k3 KL estimate to the generating policy (kind=old), the KL-penalty reference (kind=ref) or the starting policy (kind=initial)",
             ("kind",),
         )
-        gauge("mtp_trainer_rl_clip_fraction", "Share of response tokens whose ratio was clipped")
-        gauge("mtp_trainer_rl_phase_seconds", "Wall time of the last step's phases", ("phase",))
-        gauge("mtp_trainer_rl_weight_version", "Weight version the rollout serves")
-        gauge("mtp_trainer_rl_acceptance_rate", "Rollout draft acceptance during the step's generation")
-        gauge("mtp_trainer_rl_mean_acceptance_length", "Rollout mean acceptance length during the step")
-        gauge("mtp_trainer_rl_generation_tokens_per_second", "Generated tokens per second of the generate phase")
+        gauge(contracts.RL_CLIP_FRACTION, "Share of response tokens whose ratio was clipped")
+        gauge(contracts.RL_PHASE_SECONDS, "Wall time of the last step's phases", ("phase",))
+        gauge(contracts.RL_WEIGHT_VERSION, "Weight version the rollout serves")
+        gauge(contracts.RL_ACCEPTANCE_RATE, "Rollout draft acceptance during the step's generation")
+        gauge(contracts.RL_MEAN_ACCEPTANCE_LENGTH, "Rollout mean acceptance length during the step")
+        gauge(contracts.RL_GENERATION_TOKENS_PER_SECOND, "Generated tokens per second of the generate phase")
         assert set(self._g) == set(RL_METRIC_NAMES)
 
     def _set(self, name: str, value: float | None, **labels: str) -> None:
@@ -122,30 +109,30 @@ class RLMetrics:
     def record(self, rec: RLStepRecord) -> None:
         if not self.base.enabled:
             return
-        self._set("mtp_trainer_rl_reward_mean", rec.reward_mean, split="train")
-        self._set("mtp_trainer_rl_reward_std", rec.reward_std)
-        self._set("mtp_trainer_rl_accuracy", rec.accuracy, split="train")
-        self._set("mtp_trainer_rl_parse_failures", rec.parse_failures)
-        self._set("mtp_trainer_rl_response_length", rec.response_length_mean)
-        self._set("mtp_trainer_rl_entropy", rec.entropy)
-        self._set("mtp_trainer_rl_kl", rec.kl_old, kind="old")
-        self._set("mtp_trainer_rl_kl", rec.kl_ref, kind="ref")
-        self._set("mtp_trainer_rl_kl", rec.kl_initial, kind="initial")
-        self._set("mtp_trainer_rl_clip_fraction", rec.clip_fraction)
+        self._set(contracts.RL_REWARD_MEAN, rec.reward_mean, split="train")
+        self._set(contracts.RL_REWARD_STD, rec.reward_std)
+        self._set(contracts.RL_ACCURACY, rec.accuracy, split="train")
+        self._set(contracts.RL_PARSE_FAILURES, rec.parse_failures)
+        self._set(contracts.RL_RESPONSE_LENGTH, rec.response_length_mean)
+        self._set(contracts.RL_ENTROPY, rec.entropy)
+        self._set(contracts.RL_KL, rec.kl_old, kind="old")
+        self._set(contracts.RL_KL, rec.kl_ref, kind="ref")
+        self._set(contracts.RL_KL, rec.kl_initial, kind="initial")
+        self._set(contracts.RL_CLIP_FRACTION, rec.clip_fraction)
         for phase, seconds in rec.phase_seconds.items():
-            self._set("mtp_trainer_rl_phase_seconds", seconds, phase=phase)
-        self._set("mtp_trainer_rl_weight_version", rec.weight_version)
-        self._set("mtp_trainer_rl_acceptance_rate", rec.acceptance_rate)
-        self._set("mtp_trainer_rl_mean_acceptance_length", rec.mean_acceptance_length)
-        self._set("mtp_trainer_rl_generation_tokens_per_second", rec.generation_tokens_per_s)
+            self._set(contracts.RL_PHASE_SECONDS, seconds, phase=phase)
+        self._set(contracts.RL_WEIGHT_VERSION, rec.weight_version)
+        self._set(contracts.RL_ACCEPTANCE_RATE, rec.acceptance_rate)
+        self._set(contracts.RL_MEAN_ACCEPTANCE_LENGTH, rec.mean_acceptance_length)
+        self._set(contracts.RL_GENERATION_TOKENS_PER_SECOND, rec.generation_tokens_per_s)
         self.base.set_step(rec.step)
         self._write(rec.to_json())
 
     def record_validation(self, rec: RLValidationRecord) -> None:
         if not self.base.enabled:
             return
-        self._set("mtp_trainer_rl_reward_mean", rec.reward_mean, split="validation")
-        self._set("mtp_trainer_rl_accuracy", rec.accuracy, split="validation")
+        self._set(contracts.RL_REWARD_MEAN, rec.reward_mean, split="validation")
+        self._set(contracts.RL_ACCURACY, rec.accuracy, split="validation")
         self._write(rec.to_json())
 
     def event(self, **fields: Any) -> None:

@@ -12,7 +12,7 @@ One protocol on every platform (vLLM 0.32's RL API; docs/rollout.md "Weight sync
    drafter) → ``/update_weight_version`` → ``/reset_prefix_cache`` → ``/resume``.
 
 The transfer engine is the rollout's ``--weight-transfer-config`` backend. ``mtp_shared_fs``
-(``mtp_rollout.weight_sync_engine``) reads the directory named in the update payload, so
+(``mtp_rollout.runtime.weight_sync_engine``) reads the directory named in the update payload, so
 ``sync_dir`` must be a path the rollout sees too: the checkpoint volume on a cluster, a local
 directory for local runs. vLLM's ``nccl`` engine (GPU) needs a trainer-side broadcast that is
 not wired here yet.
@@ -29,12 +29,13 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 
+from mtp_api import contracts
 from mtp_trainer import hf_export
 from mtp_trainer.checkpoint import atomic_dir
 from mtp_trainer.config import ModelConfig
 from mtp_trainer.rl.rollout_client import RolloutClient
 
-SHARED_FS = "mtp_shared_fs"  # = mtp_rollout.weight_sync.SHARED_FS (the trainer does not import the rollout)
+SHARED_FS = contracts.WEIGHT_SYNC_BACKEND  # the rollout registers the engine under this name
 WEIGHTS_FILE = "model.safetensors"
 
 

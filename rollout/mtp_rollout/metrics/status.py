@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mtp_api.acceptance import WindowFigures
 from mtp_api.types import RolloutStatus
-from mtp_rollout.rates import WindowFigures
 
 
 def _round_sig(x: float, digits: int = 2) -> float:

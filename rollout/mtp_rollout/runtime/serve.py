@@ -1,6 +1,6 @@
 """Entry point for vLLM's OpenAI server: checks, a compatibility shim, then vLLM itself.
 
-``python -m mtp_rollout.serve ARGS`` takes exactly the arguments of
+``python -m mtp_rollout.runtime.serve ARGS`` takes exactly the arguments of
 ``python -m vllm.entrypoints.openai.api_server ARGS``, and before handing over it:
 
 1. on CPU (``MTP_ROLLOUT_CPU=1``) re-executes itself with ``<sys.prefix>/lib/libiomp5.so`` in
@@ -21,8 +21,9 @@ import runpy
 import sys
 from pathlib import Path
 
-from mtp_rollout import vllm_compat
-from mtp_rollout.launcher import ENV_CHECK_MTP, ENV_CPU, VLLM_MODULE, iomp_preload
+from mtp_api import contracts
+from mtp_rollout.runtime import vllm_compat
+from mtp_rollout.runtime.launcher import ENV_CHECK_MTP, ENV_CPU, VLLM_MODULE, iomp_preload
 
 if __name__ != "__main__":
     # A spawned vLLM engine or worker re-importing this module as ``__mp_main__``.
@@ -39,7 +40,7 @@ def _arg(argv: list[str], flag: str) -> str | None:
 
 
 def _preflight(argv: list[str]) -> None:
-    from mtp_rollout.checkpoint_check import CheckpointError, check_cpu_head_size, check_mtp_checkpoint
+    from mtp_rollout.runtime.checkpoint_check import CheckpointError, check_cpu_head_size, check_mtp_checkpoint
 
     model = _arg(argv, "--model")
     if model is None or not Path(model).is_dir():
@@ -50,15 +51,15 @@ def _preflight(argv: list[str]) -> None:
         if os.environ.get(ENV_CPU) == "1":
             check_cpu_head_size(model)
     except CheckpointError as exc:
-        print(f"mtp_rollout.serve: cannot start vLLM: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        print(f"mtp_rollout.runtime.serve: cannot start vLLM: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(contracts.EXIT_INVALID_SPEC) from None
 
 
 if __name__ == "__main__":
     preload = iomp_preload()
     if os.environ.get(ENV_CPU) == "1" and preload and preload not in os.environ.get("LD_PRELOAD", ""):
         env = dict(os.environ, LD_PRELOAD=":".join(filter(None, [preload, os.environ.get("LD_PRELOAD")])))
-        os.execve(sys.executable, [sys.executable, "-m", "mtp_rollout.serve", *sys.argv[1:]], env)
+        os.execve(sys.executable, [sys.executable, "-m", "mtp_rollout.runtime.serve", *sys.argv[1:]], env)
     _preflight(sys.argv[1:])
     vllm_compat.apply()
     runpy.run_module(VLLM_MODULE, run_name="__main__", alter_sys=False)

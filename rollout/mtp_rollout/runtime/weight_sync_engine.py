@@ -1,7 +1,7 @@
 """vLLM weight-transfer engine ``mtp_shared_fs``: load safetensors from a shared directory.
 
 Runs inside vLLM's workers (imported lazily by vLLM's engine factory after
-``mtp_rollout.weight_sync.register``). One update payload is ``{"path": DIR}`` (every
+``mtp_rollout.runtime.weight_sync.register``). One update payload is ``{"path": DIR}`` (every
 ``*.safetensors`` under DIR, sorted) or ``{"path": DIR, "files": [...]}``; the same payload serves
 the target (after ``/start_weight_update``) and the MTP drafter (after
 ``/start_draft_weight_update``): each model's own ``load_weights`` keeps the names it owns (the

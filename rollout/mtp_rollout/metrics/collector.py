@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from mtp_rollout.exposition import parse
-from mtp_rollout.rates import IncrementWindow, SeriesKey, WindowFigures, counter_series, increments
+from mtp_api.acceptance import IncrementWindow, SeriesKey, WindowFigures, counter_series, increments
+from mtp_api.exposition import parse
 
 log = logging.getLogger(__name__)
 

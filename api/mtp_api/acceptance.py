@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mtp_rollout import metric_names as mn
-from mtp_rollout.exposition import Sample
+from mtp_api import contracts as c
+from mtp_api.exposition import Sample, parse
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -34,9 +34,9 @@ def counter_series(
     out: dict[SeriesKey, float] = {}
     problems: list[str] = []
     for s in samples:
-        if s.name not in mn.VLLM_COUNTERS:
+        if s.name not in c.VLLM_COUNTERS:
             continue
-        if model_name is not None and s.label(mn.VLLM_MODEL_LABEL) not in (None, model_name):
+        if model_name is not None and s.label(c.VLLM_MODEL_LABEL) not in (None, model_name):
             continue
         if not math.isfinite(s.value) or s.value < 0:
             problems.append(f"{s.name}{dict(s.labels)} has value {s.value}: not a counter value, ignored")
@@ -84,16 +84,16 @@ def increments(prev: dict[SeriesKey, float], cur: dict[SeriesKey, float]) -> Inc
         else:
             delta = value - before
         name, labels = key
-        if name == mn.VLLM_DRAFTS:
+        if name == c.VLLM_DRAFTS:
             inc.drafts += delta
-        elif name == mn.VLLM_DRAFT_TOKENS:
+        elif name == c.VLLM_DRAFT_TOKENS:
             inc.draft_tokens += delta
-        elif name == mn.VLLM_ACCEPTED:
+        elif name == c.VLLM_ACCEPTED:
             inc.accepted += delta
-        elif name == mn.VLLM_GENERATION_TOKENS:
+        elif name == c.VLLM_GENERATION_TOKENS:
             inc.generation_tokens += delta
-        elif name == mn.VLLM_ACCEPTED_PER_POS:
-            pos_text = dict(labels).get(mn.VLLM_POSITION_LABEL)
+        elif name == c.VLLM_ACCEPTED_PER_POS:
+            pos_text = dict(labels).get(c.VLLM_POSITION_LABEL)
             if pos_text is not None and pos_text.isdigit():
                 pos = int(pos_text)
                 inc.per_position[pos] = inc.per_position.get(pos, 0.0) + delta
@@ -190,3 +190,15 @@ class IncrementWindow:
             total.add(inc)
         span = max(end for _, end, _ in self._items) - min(start for start, _, _ in self._items)
         return WindowFigures(span, total, self.draft_cost_ratio)
+
+
+def figures_between(before: Iterable[str], after: Iterable[str], model_name: str | None = None) -> WindowFigures:
+    """Acceptance over one interval from ``/metrics`` bodies taken at its start and its end, one pair per
+    server, summed over servers (reset-aware). The window has no length (``seconds`` 0), so the
+    per-second figures are undefined; ``inc.generation_tokens`` counts what was generated."""
+    total = Increments()
+    for b, a in zip(before, after, strict=True):
+        prev, _ = counter_series(parse(b).samples, model_name)
+        cur, _ = counter_series(parse(a).samples, model_name)
+        total.add(increments(prev, cur))
+    return WindowFigures(0.0, total)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from mtp_rollout import metric_names as mn
-from mtp_rollout.collector import ScrapeReport
-from mtp_rollout.rates import WindowFigures
+from mtp_api.acceptance import WindowFigures
+from mtp_rollout.metrics import metric_names as mn
+from mtp_rollout.metrics.collector import ScrapeReport
 
 LABELS = ("namespace", "job")
 

