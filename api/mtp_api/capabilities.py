@@ -35,8 +35,54 @@ def capability_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Find
                 "the job would fail at trainer start-up",
             )
         )
+    errors += trainer_findings(job)
     rl_errors, warnings = rlvr_findings(job)
     return errors + rl_errors, warnings
+
+
+# What the SFT reader parses: JSON Lines only (data.load_conversations); these are refused by name.
+SFT_UNREADABLE_SUFFIXES = (".parquet", ".arrow", ".csv", ".tsv", ".json", ".txt")
+
+
+def trainer_findings(job: t.MTPTrainingJob) -> list[Finding]:
+    """The trainer's start-up refusals that the job alone decides (``mtp_trainer.check`` adds the ones
+    that need a checkpoint's config.json or the data files)."""
+    errors: list[Finding] = []
+    spec = job.spec
+    tr = spec.trainer
+    mode = tr.mtp.training_mode
+    tiny = spec.model.source.tiny
+    n_mtp = spec.model.mtp_num_layers
+    if mode != t.MTPTrainingMode.DISABLED and (n_mtp == 0 or (n_mtp is None and tiny is not None)):
+        errors.append(
+            Finding(
+                "spec.model.mtpNumLayers",
+                f"{n_mtp or 0}: trainer.mtp.trainingMode {mode} trains an MTP layer; set mtpNumLayers to 1 "
+                "or use trainingMode: disabled",
+            )
+        )
+    tp = tr.strategy.tensor_parallel_size
+    if tiny is not None and tiny.vocab_size % tp:
+        errors.append(
+            Finding(
+                "spec.model.source.tiny.vocabSize",
+                f"{tiny.vocab_size} is not divisible by tensorParallelSize {tp} (the output layer splits the "
+                "vocabulary across tensor-parallel ranks); use a multiple of it",
+            )
+        )
+    if spec.pipeline == t.Pipeline.SFT:
+        files = [("trainFiles", i, f) for i, f in enumerate(tr.data.train_files)]
+        files += [("validationFiles", i, f) for i, f in enumerate(tr.data.validation_files)]
+        for key, i, name in files:
+            if name.lower().endswith(SFT_UNREADABLE_SUFFIXES):
+                errors.append(
+                    Finding(
+                        f"spec.trainer.data.{key}[{i}]",
+                        f"{name!r}: sft reads JSON Lines (one JSON record per line, .jsonl); convert the file "
+                        "(e.g. pandas.read_parquet(...).to_json(path, orient='records', lines=True))",
+                    )
+                )
+    return errors
 
 
 def rlvr_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]]:

@@ -21,6 +21,10 @@ class ConfigError(ValueError):
     """Bad input: the message names the spec field and the fix."""
 
 
+LINEAR_ATTENTION = "linear_attention"
+FULL_ATTENTION = "full_attention"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The dense full-attention Qwen3.5 / Qwen3-Next layout (see docs/trainer.md).
@@ -45,6 +49,30 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     dtype: str = t.DType.FLOAT32.value
     init_std: float = 0.02
+    # Qwen3.5 hybrid: per-layer "linear_attention" (Gated DeltaNet) / "full_attention"; () = all full.
+    layer_types: tuple[str, ...] = ()
+    linear_conv_kernel_dim: int = 4
+    linear_key_head_dim: int = 0  # 0: head_dim
+    linear_value_head_dim: int = 0  # 0: head_dim
+    linear_num_key_heads: int = 0  # 0: num_key_value_heads
+    linear_num_value_heads: int = 0  # 0: num_attention_heads
+    # A vision-language source checkpoint whose vision tower (never trained) the export copies through.
+    vision_source: str = ""
+
+    def is_linear(self, layer: int) -> bool:
+        return bool(self.layer_types) and self.layer_types[layer] == LINEAR_ATTENTION
+
+    def is_hybrid(self) -> bool:
+        return LINEAR_ATTENTION in self.layer_types
+
+    def linear_dims(self) -> tuple[int, int, int, int]:
+        """(key heads, value heads, key head dim, value head dim) of the Gated DeltaNet layers."""
+        return (
+            self.linear_num_key_heads or self.num_key_value_heads,
+            self.linear_num_value_heads or self.num_attention_heads,
+            self.linear_key_head_dim or self.head_dim,
+            self.linear_value_head_dim or self.head_dim,
+        )
 
     def torch_dtype(self) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
@@ -55,9 +83,15 @@ class ModelConfig:
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
         layer = h * (2 * q + 2 * kv) + q * h + 3 * h * f + 2 * h + 2 * self.head_dim
+        nk, nv, dk, dv = self.linear_dims()
+        conv = 2 * nk * dk + nv * dv
+        linear = h * (conv + nv * dv + 2 * nv) + conv * self.linear_conv_kernel_dim + 2 * nv + dv + nv * dv * h
+        linear += 3 * h * f + 2 * h
+        n_linear = sum(self.is_linear(i) for i in range(self.num_layers))
         mtp = layer + 2 * h * h + 3 * h
         out = 0 if self.tie_word_embeddings else v * h
-        return v * h + out + self.num_layers * layer + h + self.mtp_num_layers * mtp
+        trunk = (self.num_layers - n_linear) * layer + n_linear * linear
+        return v * h + out + trunk + h + self.mtp_num_layers * mtp
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,13 @@ workarounds, measured on megatron-core 0.16.1 + torch 2.13 CPU (see /work/shared
    passes an explicit boolean mask (``data.py`` builds a block-diagonal one for packed rows).
 6. ``get_forward_backward_func`` and ``get_megatron_optimizer`` hard-code CUDA, so the train loop
    is a plain PyTorch loop with ``torch.optim.AdamW`` (and, on CPU, pipeline parallel size 1).
+7. Gated DeltaNet (Qwen3.5's linear-attention layers, ``megatron/core/ssm/gated_delta_net.py``)
+   without flash-linear-attention (``fla``, Triton kernels): :func:`gated_delta_net_shims`. The
+   layer raises at construction unless ``HAVE_FLA``, and calls ``fla``'s Triton ``l2norm``; with
+   ``deterministic_mode`` it otherwise runs pure torch (``torch_chunk_gated_delta_rule``,
+   ``nn.Conv1d``). The l2norm stand-in is fla's (and transformers') formula exactly,
+   ``x * rsqrt(sum(x^2) + 1e-6)``. Its ``conv1d``/``A_log``/``dt_bias`` are created on
+   ``torch.cuda.current_device()``, which workaround 1 answers on CPU.
 """
 
 from __future__ import annotations
@@ -70,3 +77,23 @@ def cpu_transformer_config_overrides() -> dict[str, Any]:
         "gradient_accumulation_fusion": False,
         "cross_entropy_loss_fusion": False,
     }
+
+
+def _l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
+    """fla's ``l2norm`` (and transformers' Qwen3.5 one), in torch."""
+    return x * torch.rsqrt((x * x).sum(dim=dim, keepdim=True) + eps)
+
+
+def gated_delta_net_shims() -> bool:
+    """Workaround 7 when ``fla`` is not importable; returns True when the pure-torch path is needed
+    (the model provider then sets ``deterministic_mode``). Idempotent."""
+    from megatron.core.ssm import gated_delta_net as gdn
+
+    if getattr(gdn, "_MTP_SHIMMED", False):
+        return True
+    if gdn.HAVE_FLA and not on_cpu():
+        return False
+    gdn.HAVE_FLA = True
+    gdn.l2norm = _l2norm
+    gdn._MTP_SHIMMED = True  # type: ignore[attr-defined]
+    return True

@@ -4,7 +4,10 @@ On each node, local rank 0 downloads the repo with ``huggingface_hub.snapshot_do
 node-private ``.source-model.tmp-<node>``, writes the marker ``.mtp-download.json`` (repo id and
 revision) there, and renames it to ``source-model``. The rename is atomic, so a shared output
 volume sees one complete copy even when several nodes finish together; the other local ranks wait
-for the marker. A restart finds the marker and downloads nothing. A failed download (no network,
+for the marker. Before the weights, local rank 0 fetches config.json alone and runs the trainer's
+model checks on it (``check_config``: MTP depth, layer types, experts, the tensor-parallel split), so a
+checkpoint this release cannot train is refused before gigabytes move. A restart finds the marker and
+downloads nothing. A failed download (no network,
 unknown repo, gated repo) is bad input: the message names ``spec.model.source.huggingFace`` and the
 fix, pre-staging the model on a PVC and using ``source.pvc``.
 """
@@ -26,6 +29,14 @@ MARKER = ".mtp-download.json"
 IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.gguf", "*.h5", "*.msgpack", "*.onnx", "original/*"]
 
 Downloader = Callable[[str, str, Path], object]  # (repo_id, revision, local_dir)
+CONFIG_FILE = "config.json"
+
+
+def config_download(repo_id: str, revision: str, local_dir: Path) -> object:
+    """config.json alone, into ``local_dir`` (what the pre-download check reads)."""
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id, CONFIG_FILE, revision=revision, local_dir=local_dir)
 
 
 def snapshot_download(repo_id: str, revision: str, local_dir: Path) -> object:
@@ -53,6 +64,17 @@ def _complete(target: Path, repo_id: str, revision: str) -> bool:
     return True
 
 
+def _download(download: Downloader, repo_id: str, revision: str, tmp: Path) -> None:
+    try:
+        download(repo_id, revision, tmp)
+    except Exception as exc:  # any failure to fetch (offline, unknown or gated repo) reads the same
+        raise ConfigError(
+            f"spec.model.source.huggingFace: could not download {repo_id}@{revision} ({exc}); the trainer "
+            "needs network access to the Hub on its first start. Fix: pre-stage the model on a PVC and use "
+            "spec.model.source.pvc instead"
+        ) from exc
+
+
 def fetch(
     src: SourceConfig,
     out_dir: Path,
@@ -61,8 +83,13 @@ def fetch(
     node_rank: int = 0,
     download: Downloader = snapshot_download,
     sleep: Callable[[float], None] = time.sleep,
+    check_config: Callable[[dict], None] | None = None,
+    download_config: Downloader = config_download,
 ) -> SourceConfig:
-    """Make a ``huggingFace`` source a local directory; other sources pass through unchanged."""
+    """Make a ``huggingFace`` source a local directory; other sources pass through unchanged.
+
+    ``check_config`` (the trainer's model checks: MTP depth, layer types, experts, TP split) runs on
+    config.json, fetched alone first, before any weights are downloaded; it raises ConfigError."""
     if src.kind != "huggingFace":
         return src
     assert src.repo_id is not None
@@ -71,14 +98,13 @@ def fetch(
     if local_rank == 0 and not _complete(target, repo_id, revision):
         tmp = out_dir / f".{SOURCE_DIR}.tmp-{node_rank}"
         tmp.mkdir(parents=True, exist_ok=True)  # kept across restarts: snapshot_download resumes into it
-        try:
-            download(repo_id, revision, tmp)
-        except Exception as exc:  # any failure to fetch (offline, unknown or gated repo) reads the same
-            raise ConfigError(
-                f"spec.model.source.huggingFace: could not download {repo_id}@{revision} ({exc}); the trainer "
-                "needs network access to the Hub on its first start. Fix: pre-stage the model on a PVC and use "
-                "spec.model.source.pvc instead"
-            ) from exc
+        if check_config is not None:
+            _download(download_config, repo_id, revision, tmp)
+            cfg_file = tmp / CONFIG_FILE
+            if not cfg_file.is_file():
+                raise ConfigError(f"spec.model.source.huggingFace: {repo_id}@{revision} has no {CONFIG_FILE}")
+            check_config(json.loads(cfg_file.read_text()))
+        _download(download, repo_id, revision, tmp)
         (tmp / MARKER).write_text(json.dumps(_marker(repo_id, revision)))
         try:
             os.rename(tmp, target)

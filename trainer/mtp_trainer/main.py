@@ -1,4 +1,5 @@
-"""Train an MTP model from an MTPTrainingJob: ``python -m mtp_trainer.main --job FILE --output-dir DIR``.
+"""Train an MTP model from an MTPTrainingJob: ``python -m mtp_trainer.main --job FILE --output-dir DIR``
+(``--check``: validate the plan only, see ``check.py``).
 
 The run, top to bottom:
 
@@ -42,7 +43,19 @@ from megatron.core import parallel_state as ps
 
 from mtp_api import contracts
 from mtp_api.validation import ManifestError, load_job
-from mtp_trainer import checkpoint, data, distributed, families, hf_export, hf_import, hub, mtp_modes, rlvr, tokenizer
+from mtp_trainer import (
+    check,
+    checkpoint,
+    data,
+    distributed,
+    families,
+    hf_export,
+    hf_import,
+    hub,
+    mtp_modes,
+    rlvr,
+    tokenizer,
+)
 from mtp_trainer.config import ConfigError, TrainerConfig, from_job
 from mtp_trainer.metrics import Metrics
 from mtp_trainer.rl.tasks import as_conversation
@@ -52,7 +65,12 @@ from mtp_trainer.train_loop import Trainer, build_optimizer
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mtp_trainer.main", description=__doc__.split("\n")[0])
     p.add_argument("--job", required=True, type=Path, help="MTPTrainingJob YAML")
-    p.add_argument("--output-dir", required=True, type=Path, help="checkpoints/, hf/ and metrics.jsonl go here")
+    p.add_argument("--output-dir", type=Path, help="checkpoints/, hf/ and metrics.jsonl go here (required to train)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the whole plan without downloading or allocating anything, print it as JSON, exit 0 or 2",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_true", default=True, help="resume the latest checkpoint")
     g.add_argument("--fresh", dest="resume", action="store_false", help="ignore existing checkpoints")
@@ -63,7 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="after the export, keep serving metrics until SIGTERM/SIGINT, then exit 0 (the operator's mode)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.output_dir is None and not args.check:
+        p.error("--output-dir is required (unless --check)")
+    return args
 
 
 def _tokenizer(cfg: TrainerConfig, out_dir: Path, resume_from: Path | None, train_convs: list) -> object:
@@ -95,20 +116,22 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     node_rank = int(os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or "0")
-    cfg = replace(cfg, source=hub.fetch(cfg.source, out_dir, local_rank=local_rank, node_rank=node_rank))
+    spec_mtp = job.spec.model.mtp_num_layers
+
+    def check_config(hf_cfg: dict) -> None:  # a Hub source: config.json alone, before any weights
+        check.model_from_hf_config(hf_cfg, cfg, spec_mtp)
+
+    fetched = hub.fetch(cfg.source, out_dir, local_rank=local_rank, node_rank=node_rank, check_config=check_config)
+    cfg = replace(cfg, source=fetched)
     if cfg.source.kind == "path":
         assert cfg.source.path is not None
-        m = hf_import.model_config_from_dir(
-            Path(cfg.source.path), cfg.model.family, cfg.model.dtype, cfg.data.seq_length
-        )
-        if job.spec.model.mtp_num_layers is not None and m.mtp_num_layers != job.spec.model.mtp_num_layers:
-            raise ConfigError(
-                f"spec.model.mtpNumLayers is {job.spec.model.mtp_num_layers} but the checkpoint has "
-                f"{m.mtp_num_layers}; remove the field or set it to {m.mtp_num_layers}"
-            )
+        hf_cfg = hf_import.read_config(Path(cfg.source.path))
+        m = check.model_from_hf_config(hf_cfg, cfg, spec_mtp)
+        if "vision_config" in hf_cfg and m.family == "qwen3_5":  # keep the (untrained) vision tower
+            m = replace(m, vision_source=cfg.source.path)
         cfg = replace(cfg, model=m)
     family = families.get(cfg.model.family)
-    family.check(cfg.model)
+    check.check_model(cfg.model, cfg, None)
 
     info = distributed.init(cfg.parallel.tensor_parallel_size, cfg.parallel.pipeline_parallel_size, cfg.seed)
     resume_from = checkpoint.latest(out_dir) if args.resume else None
@@ -239,6 +262,9 @@ def hold_until_signalled(ready: Callable[[], None] = lambda: None) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.check:
+            print(json.dumps(check.plan(args.job), indent=2), flush=True)
+            return 0
         rc = run(args)
     except (ConfigError, ManifestError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,17 +18,19 @@ exists so that the Hugging Face / vLLM implementation computes the same function
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec, get_gpt_mtp_block_spec
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from mtp_trainer import cpu_compat
-from mtp_trainer.config import ConfigError, ModelConfig
+from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION, ConfigError, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class ModelProvider:
 
     def transformer_config(self) -> TransformerConfig:
         m = self.model
-        self._check()
+        self.check()
         dtype = m.torch_dtype()
         kwargs: dict[str, Any] = {
             "num_layers": m.num_layers,
@@ -69,11 +71,23 @@ class ModelProvider:
             # mtp_modes applies the factor itself; kept equal so GPTModel.forward computes the same loss.
             "mtp_loss_scaling_factor": self.mtp_loss_scaling_factor,
         }
+        if m.is_hybrid():
+            nk, nv, dk, dv = m.linear_dims()
+            kwargs.update(
+                linear_conv_kernel_dim=m.linear_conv_kernel_dim,
+                linear_key_head_dim=dk,
+                linear_value_head_dim=dv,
+                linear_num_key_heads=nk,
+                linear_num_value_heads=nv,
+                # The pure-torch Gated DeltaNet path (no fla/causal-conv1d kernels): cpu_compat 7.
+                deterministic_mode=cpu_compat.gated_delta_net_shims(),
+            )
         if cpu_compat.on_cpu():
             kwargs.update(cpu_compat.cpu_transformer_config_overrides())
         return TransformerConfig(**kwargs)
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """The layout's refusals (head grouping, the tensor-parallel split, rotary halves); builds nothing."""
         m = self.model
         tp = self.tensor_parallel_size
         if m.num_attention_heads % m.num_key_value_heads:
@@ -85,18 +99,54 @@ class ModelProvider:
             )
         if m.vocab_size % tp:
             raise ConfigError(f"vocab size {m.vocab_size} must be divisible by tensorParallelSize {tp}")
+        if m.layer_types and len(m.layer_types) != m.num_layers:
+            raise ConfigError(f"layer_types has {len(m.layer_types)} entries for {m.num_layers} layers")
+        bad = sorted(set(m.layer_types) - {LINEAR_ATTENTION, FULL_ATTENTION})
+        if bad:
+            raise ConfigError(f"layer_types {bad}: this trainer builds linear_attention and full_attention layers")
+        if m.is_hybrid():
+            nk, nv, _, _ = m.linear_dims()
+            if nv % nk:
+                raise ConfigError(f"linear_num_value_heads {nv} must be a multiple of linear_num_key_heads {nk}")
+            if tp > 1:
+                raise ConfigError(
+                    f"spec.trainer.strategy.tensorParallelSize {tp}: the Gated DeltaNet (linear-attention) layers "
+                    "are mapped for tensorParallelSize 1 only in this release (their TP shards interleave q/k/v/z); "
+                    "use 1 and scale with data parallel"
+                )
         rot = int(m.head_dim * m.rotary_percent)
         if rot % 2:
             raise ConfigError(f"head dim {m.head_dim} x rotary 0.25 = {rot} must be even; use a head dim multiple of 8")
+
+    def decoder_spec(self, layer_spec: ModuleSpec) -> ModuleSpec | TransformerBlockSubmodules:
+        """All full attention: the local layer spec. Hybrid: one spec per layer, the linear ones with
+        Megatron's ``GatedDeltaNet`` (local, non-TE submodules; the input norm stays a separate
+        module, as in the full-attention layers and in Hugging Face's layout)."""
+        m = self.model
+        if not m.is_hybrid():
+            return layer_spec
+        from megatron.core.ssm.gated_delta_net import GatedDeltaNet, GatedDeltaNetSubmodules
+        from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+        subs = layer_spec.submodules
+        norm = subs.input_layernorm
+        gdn = ModuleSpec(
+            module=GatedDeltaNet,
+            submodules=GatedDeltaNetSubmodules(in_proj=ColumnParallelLinear, out_norm=norm, out_proj=RowParallelLinear),
+        )
+        linear = ModuleSpec(module=layer_spec.module, submodules=replace(subs, self_attention=gdn))
+        specs = [linear if m.is_linear(i) else layer_spec for i in range(m.num_layers)]
+        return TransformerBlockSubmodules(layer_specs=specs, layer_norm=norm)
 
     def provide(self) -> GPTModel:
         cpu_compat.apply()
         cfg = self.transformer_config()
         layer_spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+        # The MTP layer is a full-attention layer in Qwen3.5 / Qwen3-Next, whatever the trunk's last layer is.
         mtp_spec = get_gpt_mtp_block_spec(cfg, layer_spec, use_transformer_engine=False) if cfg.mtp_num_layers else None
         model = GPTModel(
             config=cfg,
-            transformer_layer_spec=layer_spec,
+            transformer_layer_spec=self.decoder_spec(layer_spec),
             vocab_size=self.model.vocab_size,
             max_sequence_length=self.model.max_position_embeddings,
             pre_process=True,

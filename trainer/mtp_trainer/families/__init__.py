@@ -55,7 +55,7 @@ REGISTRY: dict[str, Family] = {
         name="qwen3_5",
         model_types=("qwen3_5_text", "qwen3_5"),
         check=qwen3_next.check,
-        to_hf=lambda sd, m: qwen3_next.to_hf(sd, m, moe=False),
+        to_hf=lambda sd, m: qwen3_next.to_hf(sd, m, moe=False, grouped=False),
         from_hf=qwen3_next.from_hf,
         hf_config=qwen3_next.qwen3_5_config,
         model_config_from_hf=qwen3_next.model_config_from_hf,
@@ -76,5 +76,5 @@ def for_model_type(model_type: str) -> Family:
             return fam
     raise ConfigError(
         f"config.json model_type {model_type!r} is not a supported family ({', '.join(REGISTRY)}); "
-        "import a Qwen3.5 / Qwen3-Next dense full-attention checkpoint"
+        "import a dense Qwen3.5 / Qwen3-Next checkpoint"
     )

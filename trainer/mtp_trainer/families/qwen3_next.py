@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtp_trainer.config import ConfigError, ModelConfig
+from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION, ConfigError, ModelConfig
 
 SHARED_EXPERT_SIZE = 16  # the zero shared expert of the qwen3_next flavour: smallest size vLLM CPU ran
 
@@ -86,15 +86,83 @@ def _join_qkv(q_proj: Tensor, k: Tensor, v: Tensor, m: ModelConfig) -> Tensor:
     return torch.cat(parts, dim=1).reshape(ng * (2 * npg + 2) * d, -1)
 
 
-def _layer_to_hf(sd: dict[str, Tensor], src: str, dst: str, m: ModelConfig, moe: bool) -> dict[str, Tensor]:
+def _gdn_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
+    """Rows of Megatron's ``in_proj``: [q k v (conv channels) | z | beta | alpha]."""
+    nk, nv, dk, dv = m.linear_dims()
+    return 2 * nk * dk + nv * dv, nv * dv, nv, nv
+
+
+def _gdn_to_hf(sd: dict[str, Tensor], src: str, dst: str, m: ModelConfig, grouped: bool) -> dict[str, Tensor]:
+    """Megatron ``GatedDeltaNet`` -> HF ``linear_attn``. ``grouped`` (Qwen3-Next): ``in_proj_qkvz`` and
+    ``in_proj_ba`` with rows per key head ``[q_h | k_h | v_group | z_group]`` / ``[b_group | a_group]``;
+    else (Qwen3.5) the four projections ``in_proj_qkv``, ``in_proj_z``, ``in_proj_b``, ``in_proj_a``."""
+    a = src + "self_attention."
+    o = dst + "linear_attn."
+    qkv, z, b, alpha = torch.split(sd[a + "in_proj.weight"], list(_gdn_sizes(m)), dim=0)
+    out = {
+        o + "conv1d.weight": sd[a + "conv1d.weight"],
+        o + "dt_bias": sd[a + "dt_bias"],
+        o + "A_log": sd[a + "A_log"],
+        o + "norm.weight": sd[a + "out_norm.weight"],  # x * w in both: no shift
+        o + "out_proj.weight": sd[a + "out_proj.weight"],
+    }
+    if not grouped:
+        out.update({o + "in_proj_qkv.weight": qkv, o + "in_proj_z.weight": z})
+        out.update({o + "in_proj_b.weight": b, o + "in_proj_a.weight": alpha})
+        return out
+    nk, nv, dk, dv = m.linear_dims()
+    r = nv // nk
+    h = qkv.shape[-1]
+    q, k, v = torch.split(qkv, [nk * dk, nk * dk, nv * dv], dim=0)
+    parts = [q.view(nk, dk, h), k.view(nk, dk, h), v.view(nk, r * dv, h), z.view(nk, r * dv, h)]
+    out[o + "in_proj_qkvz.weight"] = torch.cat(parts, dim=1).reshape(-1, h)
+    out[o + "in_proj_ba.weight"] = torch.cat([b.view(nk, r, h), alpha.view(nk, r, h)], dim=1).reshape(-1, h)
+    return out
+
+
+def _gdn_from_hf(hf: dict[str, Tensor], src: str, dst: str, m: ModelConfig) -> dict[str, Tensor]:
+    a = src + "linear_attn."
+    o = dst + "self_attention."
+    if a + "in_proj_qkvz.weight" in hf:
+        nk, nv, dk, dv = m.linear_dims()
+        r = nv // nk
+        qkvz = hf[a + "in_proj_qkvz.weight"]
+        h = qkvz.shape[-1]
+        q, k, v, z = torch.split(qkvz.view(nk, -1, h), [dk, dk, r * dv, r * dv], dim=1)
+        b, alpha = torch.split(hf[a + "in_proj_ba.weight"].view(nk, 2 * r, h), [r, r], dim=1)
+        rows = [q, k, v, z, b, alpha]
+        in_proj = torch.cat([x.reshape(-1, h) for x in rows], dim=0)
+    else:
+        names = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")
+        in_proj = torch.cat([hf[a + n + ".weight"] for n in names], dim=0)
+    return {
+        o + "in_proj.weight": in_proj,
+        o + "conv1d.weight": hf[a + "conv1d.weight"],
+        o + "dt_bias": hf[a + "dt_bias"],
+        o + "A_log": hf[a + "A_log"],
+        o + "out_norm.weight": hf[a + "norm.weight"],
+        o + "out_proj.weight": hf[a + "out_proj.weight"],
+    }
+
+
+_LAYER_NORMS = ("input_layernorm.weight", "pre_mlp_layernorm.weight")
+
+
+def _layer_to_hf(
+    sd: dict[str, Tensor], src: str, dst: str, m: ModelConfig, moe: bool, linear: bool = False, grouped: bool = True
+) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for meg, hf in _NORMS.items():
-        out[dst + hf] = sd[src + meg] - 1.0
-    q, k, v = _split_qkv(sd[src + "self_attention.linear_qkv.weight"], m)
-    out[dst + "self_attn.q_proj.weight"] = q
-    out[dst + "self_attn.k_proj.weight"] = k
-    out[dst + "self_attn.v_proj.weight"] = v
-    out[dst + "self_attn.o_proj.weight"] = sd[src + "self_attention.linear_proj.weight"]
+        if not linear or meg in _LAYER_NORMS:
+            out[dst + hf] = sd[src + meg] - 1.0
+    if linear:
+        out.update(_gdn_to_hf(sd, src, dst, m, grouped))
+    else:
+        q, k, v = _split_qkv(sd[src + "self_attention.linear_qkv.weight"], m)
+        out[dst + "self_attn.q_proj.weight"] = q
+        out[dst + "self_attn.k_proj.weight"] = k
+        out[dst + "self_attn.v_proj.weight"] = v
+        out[dst + "self_attn.o_proj.weight"] = sd[src + "self_attention.linear_proj.weight"]
     gate, up = sd[src + "mlp.linear_fc1.weight"].chunk(2, dim=0)
     down = sd[src + "mlp.linear_fc2.weight"]
     if moe:
@@ -116,14 +184,23 @@ def _layer_to_hf(sd: dict[str, Tensor], src: str, dst: str, m: ModelConfig, moe:
     return out
 
 
-def _layer_from_hf(hf: dict[str, Tensor], src: str, dst: str, m: ModelConfig) -> dict[str, Tensor]:
+def _layer_from_hf(
+    hf: dict[str, Tensor], src: str, dst: str, m: ModelConfig, linear: bool = False
+) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for meg, name in _NORMS.items():
-        out[dst + meg] = hf[src + name] + 1.0
-    out[dst + "self_attention.linear_qkv.weight"] = _join_qkv(
-        hf[src + "self_attn.q_proj.weight"], hf[src + "self_attn.k_proj.weight"], hf[src + "self_attn.v_proj.weight"], m
-    )
-    out[dst + "self_attention.linear_proj.weight"] = hf[src + "self_attn.o_proj.weight"]
+        if not linear or meg in _LAYER_NORMS:
+            out[dst + meg] = hf[src + name] + 1.0
+    if linear:
+        out.update(_gdn_from_hf(hf, src, dst, m))
+    else:
+        out[dst + "self_attention.linear_qkv.weight"] = _join_qkv(
+            hf[src + "self_attn.q_proj.weight"],
+            hf[src + "self_attn.k_proj.weight"],
+            hf[src + "self_attn.v_proj.weight"],
+            m,
+        )
+        out[dst + "self_attention.linear_proj.weight"] = hf[src + "self_attn.o_proj.weight"]
     if src + "mlp.gate_proj.weight" in hf:
         mlp = src + "mlp."
     else:
@@ -143,13 +220,21 @@ def _layer_from_hf(hf: dict[str, Tensor], src: str, dst: str, m: ModelConfig) ->
 # ------------------------------------------------------------------------------ whole model
 
 
-def to_hf(sd: dict[str, Tensor], m: ModelConfig, moe: bool) -> dict[str, Tensor]:
-    """Full Megatron state dict -> HF tensors (``moe``: the one-expert form, see the module doc)."""
+def to_hf(sd: dict[str, Tensor], m: ModelConfig, moe: bool, grouped: bool = True) -> dict[str, Tensor]:
+    """Full Megatron state dict -> HF tensors (``moe``: the one-expert form, see the module doc;
+    ``grouped``: Qwen3-Next's fused linear-attention projections, else Qwen3.5's four).
+
+    With ``m.vision_source`` (a vision-language source checkpoint) the text weights go under
+    ``model.language_model.`` and the source's untouched vision tower is copied through."""
     check(m)
-    out: dict[str, Tensor] = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"]}
+    vl = bool(m.vision_source)
+    pre = "model.language_model." if vl else "model."
+    out: dict[str, Tensor] = {pre + "embed_tokens.weight": sd["embedding.word_embeddings.weight"]}
     for i in range(m.num_layers):
-        out.update(_layer_to_hf(sd, f"decoder.layers.{i}.", f"model.layers.{i}.", m, moe))
-    out["model.norm.weight"] = sd["decoder.final_layernorm.weight"] - 1.0
+        out.update(_layer_to_hf(sd, f"decoder.layers.{i}.", f"{pre}layers.{i}.", m, moe, m.is_linear(i), grouped))
+    out[pre + "norm.weight"] = sd["decoder.final_layernorm.weight"] - 1.0
+    if vl:
+        out.update(vision_tensors(m.vision_source))
     # Always written: vLLM's Qwen3-Next loads lm_head from the file even when tied.
     out["lm_head.weight"] = sd["embedding.word_embeddings.weight" if m.tie_word_embeddings else "output_layer.weight"]
     if m.mtp_num_layers:
@@ -158,17 +243,38 @@ def to_hf(sd: dict[str, Tensor], m: ModelConfig, moe: bool) -> dict[str, Tensor]
         out["mtp.pre_fc_norm_hidden.weight"] = sd[p + "hnorm.weight"] - 1.0
         out["mtp.fc.weight"] = sd[p + "eh_proj.weight"]
         out["mtp.norm.weight"] = sd[p + "final_layernorm.weight"] - 1.0
-        out.update(_layer_to_hf(sd, p + "transformer_layer.", "mtp.layers.0.", m, moe))
+        out.update(_layer_to_hf(sd, p + "transformer_layer.", "mtp.layers.0.", m, moe, False, grouped))
     return {k: v.contiguous() for k, v in out.items()}
 
 
+VISION_PREFIX = "model.visual."
+
+
+def vision_tensors(source: str) -> dict[str, Tensor]:
+    """The vision tower of a vision-language checkpoint directory (``model.visual.*``), as stored."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    out: dict[str, Tensor] = {}
+    for f in sorted(Path(source).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for k in fh.keys():
+                if k.startswith(VISION_PREFIX):
+                    out[k] = fh.get_tensor(k)
+    return out
+
+
 def from_hf(hf: dict[str, Tensor], m: ModelConfig) -> dict[str, Tensor]:
-    """HF tensors -> full Megatron state dict (parameters only)."""
+    """HF tensors -> full Megatron state dict (parameters only). A vision-language checkpoint's text
+    weights are read from under ``model.language_model.``; its vision tower is not imported (the
+    export copies it through from the source, see :func:`to_hf`)."""
     check(m)
-    out: dict[str, Tensor] = {"embedding.word_embeddings.weight": hf["model.embed_tokens.weight"]}
+    pre = "model.language_model." if "model.language_model.embed_tokens.weight" in hf else "model."
+    out: dict[str, Tensor] = {"embedding.word_embeddings.weight": hf[pre + "embed_tokens.weight"]}
     for i in range(m.num_layers):
-        out.update(_layer_from_hf(hf, f"model.layers.{i}.", f"decoder.layers.{i}.", m))
-    out["decoder.final_layernorm.weight"] = hf["model.norm.weight"] + 1.0
+        out.update(_layer_from_hf(hf, f"{pre}layers.{i}.", f"decoder.layers.{i}.", m, m.is_linear(i)))
+    out["decoder.final_layernorm.weight"] = hf[pre + "norm.weight"] + 1.0
     if not m.tie_word_embeddings:
         out["output_layer.weight"] = hf["lm_head.weight"]
     if m.mtp_num_layers:
@@ -210,13 +316,13 @@ def _common(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
         "partial_rotary_factor": m.rotary_percent,
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "layer_types": ["full_attention"] * m.num_layers,
-        # Unused with all layers full attention, but both implementations read them.
-        "linear_conv_kernel_dim": 4,
-        "linear_key_head_dim": m.head_dim,
-        "linear_value_head_dim": m.head_dim,
-        "linear_num_key_heads": m.num_key_value_heads,
-        "linear_num_value_heads": m.num_attention_heads,
+        "layer_types": list(m.layer_types) or [FULL_ATTENTION] * m.num_layers,
+        # Read by both implementations even when every layer is full attention.
+        "linear_conv_kernel_dim": m.linear_conv_kernel_dim,
+        "linear_key_head_dim": m.linear_dims()[2],
+        "linear_value_head_dim": m.linear_dims()[3],
+        "linear_num_key_heads": m.linear_dims()[0],
+        "linear_num_value_heads": m.linear_dims()[1],
         "initializer_range": m.init_std,
         "use_cache": True,
         "dtype": m.dtype,
@@ -252,18 +358,41 @@ def qwen3_5_config(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
         mtp_num_hidden_layers=m.mtp_num_layers,
         attn_output_gate=True,
     )
-    return cfg
+    if not m.vision_source:
+        return cfg
+    # A vision-language source: its own config.json, with the trained text model's settings.
+    import json
+    from pathlib import Path
+
+    vl = json.loads((Path(m.vision_source) / "config.json").read_text())
+    text = {k: v for k, v in cfg.items() if k not in ("architectures", *special)}
+    vl["text_config"] = {**(vl.get("text_config") or {}), **text}
+    vl.update({k: v for k, v in special.items() if k in vl})
+    return vl
+
+
+def layer_types_from_hf(c: dict[str, Any]) -> tuple[str, ...]:
+    """``layer_types``, else derived from ``full_attention_interval`` as transformers does (layer ``i`` is
+    full attention when ``(i + 1) % interval == 0``); () when every layer is full attention."""
+    n = int(c["num_hidden_layers"])
+    types = c.get("layer_types")
+    if types is None and c.get("full_attention_interval"):
+        k = int(c["full_attention_interval"])
+        types = [FULL_ATTENTION if (i + 1) % k == 0 else LINEAR_ATTENTION for i in range(n)]
+    types = list(types or [])
+    bad = sorted(set(types) - {FULL_ATTENTION, LINEAR_ATTENTION})
+    if bad or (types and len(types) != n):
+        raise ConfigError(
+            f"spec.model.source: config.json layer_types {bad or len(types)} is not {n} entries of "
+            "full_attention / linear_attention"
+        )
+    return tuple(types) if LINEAR_ATTENTION in types else ()
 
 
 def model_config_from_hf(cfg: dict[str, Any], family: str, dtype: str) -> ModelConfig:
     """ModelConfig from a config.json of either flavour (or a VL wrapper's ``text_config``)."""
     c = cfg.get("text_config") or cfg
-    types = c.get("layer_types") or []
-    if any(t != "full_attention" for t in types):
-        raise ConfigError(
-            "spec.model.source: the checkpoint has linear-attention (Gated DeltaNet) layers, which Megatron "
-            "cannot train without CUDA kernels; use an all-full-attention checkpoint"
-        )
+    types = layer_types_from_hf(c)
     if int(c.get("num_experts") or 0) > 1:
         raise ConfigError("spec.model.source: mixture-of-experts checkpoints are not supported by this family yet")
     rope = c.get("rope_parameters") or {}
@@ -286,4 +415,10 @@ def model_config_from_hf(cfg: dict[str, Any], family: str, dtype: str) -> ModelC
         max_position_embeddings=int(c.get("max_position_embeddings", 4096)),
         dtype=dtype,
         init_std=float(c.get("initializer_range", 0.02)),
+        layer_types=types,
+        linear_conv_kernel_dim=int(c.get("linear_conv_kernel_dim", 4)),
+        linear_key_head_dim=int(c.get("linear_key_head_dim", 0)) if types else 0,
+        linear_value_head_dim=int(c.get("linear_value_head_dim", 0)) if types else 0,
+        linear_num_key_heads=int(c.get("linear_num_key_heads", 0)) if types else 0,
+        linear_num_value_heads=int(c.get("linear_num_value_heads", 0)) if types else 0,
     )

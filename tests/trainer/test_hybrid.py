@@ -1,0 +1,198 @@
+"""The Qwen3.5 hybrid layout: Gated DeltaNet (linear-attention) layers beside gated full attention,
+with the MTP layer, on CPU (cpu_compat workaround 7).
+
+References are independent of the trainer: transformers' own ``Qwen3_5ForCausalLM`` /
+``Qwen3NextForCausalLM`` (pure-torch GDN) on the exported checkpoint, and the import of that
+checkpoint back into a fresh Megatron model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from mtp_trainer import families, hf_export, hf_import, mtp_modes
+from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION, ConfigError, ModelConfig
+from mtp_trainer.data import causal_batch
+from mtp_trainer.families.qwen3_next import model_config_from_hf
+
+from .conftest import build_model
+
+L, F = LINEAR_ATTENTION, FULL_ATTENTION
+HYBRID = ModelConfig(
+    family="qwen3_5",
+    hidden_size=64,
+    num_layers=4,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    ffn_hidden_size=128,
+    vocab_size=256,
+    mtp_num_layers=1,
+    max_position_embeddings=512,
+    layer_types=(L, L, L, F),
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+)
+# float32 logits; the two pure-torch chunked delta rules differ only in summation order.
+LOGIT_ATOL = 2e-5
+
+
+def _perturbed(m: ModelConfig, seed: int) -> torch.nn.Module:
+    """A model whose every weight differs from its init (norms away from 1, so a missing w-1 shows)."""
+    model = build_model(m, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _export(model: torch.nn.Module, m: ModelConfig, out: Path) -> Path:
+    out.mkdir(parents=True)
+    save_file(hf_export.hf_tensors(model, m), str(out / "model.safetensors"), metadata={"format": "pt"})
+    special = {"bos_token_id": None, "eos_token_id": 1, "pad_token_id": 0}
+    (out / "config.json").write_text(json.dumps(families.get(m.family).hf_config(m, special)))
+    return out
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.cat([ids, torch.zeros(1, 1, dtype=ids.dtype)], dim=1)
+    batch = causal_batch(tokens, torch.ones(1, ids.shape[1]))
+    out = mtp_modes.forward(model, batch, mtp_modes.JOINT, 0.3, keep_logits=True)
+    assert out.lm_logits is not None
+    return out.lm_logits[:, 0], out.mtp_logits[0][:, 0]
+
+
+@pytest.mark.parametrize(
+    ("family", "arch"), [("qwen3_5", "Qwen3_5ForCausalLM"), ("qwen3_next", "Qwen3NextForCausalLM")]
+)
+def test_hybrid_logits_match_transformers(dist_env: object, tmp_path: Path, family: str, arch: str) -> None:
+    m = replace(HYBRID, family=family)
+    model = _perturbed(m, seed=3)
+    names = dict(model.named_parameters())
+    assert "decoder.layers.0.self_attention.in_proj.weight" in names  # a Gated DeltaNet layer
+    assert "decoder.layers.3.self_attention.linear_qkv.weight" in names  # the full-attention one
+    out = _export(model, m, tmp_path / family)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["layer_types"] == list(HYBRID.layer_types)
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert type(hf).__name__ == arch
+    ids = torch.randint(2, m.vocab_size, (1, 150), generator=torch.Generator().manual_seed(0))  # > one 64-chunk
+    ref = _logits(model, ids)[0]
+    with torch.no_grad():
+        got = hf(ids).logits[0]
+    diff = float((got - ref).abs().max())
+    print(f"{family}: max |logit diff| {diff:.3g}")
+    torch.testing.assert_close(got, ref, atol=LOGIT_ATOL, rtol=0)
+
+    # Import back: the same tensors and the same function.
+    m2 = model_config_from_hf(cfg, family, "float32")
+    assert m2.layer_types == HYBRID.layer_types and m2.linear_dims() == HYBRID.linear_dims()
+    again = build_model(replace(m2, max_position_embeddings=512), seed=99)
+    hf_import.load_into(again, out, m2)
+    for name, t in again.state_dict().items():
+        if "_extra_state" not in name:
+            torch.testing.assert_close(t, model.state_dict()[name], atol=1e-7, rtol=0, msg=name)
+
+
+def test_hybrid_is_causal_and_trains(dist_env: object) -> None:
+    """Later tokens never change earlier outputs; a few AdamW steps fit a fixed batch (trunk and MTP)."""
+    model = build_model(HYBRID, seed=5)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, HYBRID.vocab_size, (2, 65), generator=g)
+    a, _ = _logits(model.eval(), ids[:1, :40])
+    changed = ids[:1, :40].clone()
+    changed[0, 30:] = (changed[0, 30:] + 1) % HYBRID.vocab_size
+    b, _ = _logits(model, changed)
+    torch.testing.assert_close(a[:30], b[:30], atol=0, rtol=0)
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = causal_batch(ids, torch.ones(2, 64))
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        out = mtp_modes.forward(model, batch, mtp_modes.JOINT, 0.3)
+        out.loss.backward()
+        assert model.decoder.layers[0].self_attention.A_log.grad is not None
+        opt.step()
+        losses.append((float(out.lm_loss), float(out.mtp_losses[0])))
+    print("hybrid lm/mtp loss first, last:", losses[0], losses[-1])
+    assert losses[-1][0] < losses[0][0] - 2.0 and losses[-1][1] < losses[0][1] - 1.0
+
+
+def test_layer_types_from_full_attention_interval() -> None:
+    base = {
+        "model_type": "qwen3_5_text",
+        "hidden_size": 64,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 128,
+        "vocab_size": 256,
+        "full_attention_interval": 4,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+    }
+    m = model_config_from_hf(base, "qwen3_5", "float32")
+    assert m.layer_types == (L, L, L, F, L, L, L, F)  # transformers' rule: full when (i + 1) % 4 == 0
+    with pytest.raises(ConfigError, match="layer_types"):
+        model_config_from_hf({**base, "layer_types": ["sliding_attention"] * 8}, "qwen3_5", "float32")
+
+
+def test_vision_language_checkpoint_keeps_its_vision_tower(dist_env: object, tmp_path: Path) -> None:
+    """A Qwen3.5 VL checkpoint: text under model.language_model., a vision tower beside it. Import reads
+    the text weights; the export writes them back under the same prefix with the vision tower as stored."""
+    m = HYBRID
+    model = _perturbed(m, seed=7)
+    text = hf_export.hf_tensors(model, m)
+    vision = {"model.visual.patch_embed.proj.weight": torch.randn(8, 3, 2, 2), "model.visual.merger.w": torch.ones(4)}
+    src = tmp_path / "vl"
+    src.mkdir()
+    vl = {k.replace("model.", "model.language_model.", 1) if k.startswith("model.") else k: v for k, v in text.items()}
+    save_file({**vl, **vision}, str(src / "model.safetensors"))
+    special = {"bos_token_id": None, "eos_token_id": 1, "pad_token_id": 0}
+    text_cfg = families.get("qwen3_5").hf_config(m, special)
+    (src / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["Qwen3_5ForConditionalGeneration"],
+                "model_type": "qwen3_5",
+                "text_config": text_cfg,
+                "vision_config": {"depth": 1},
+            }
+        )
+    )
+    m_vl = replace(model_config_from_hf(json.loads((src / "config.json").read_text()), "qwen3_5", "float32"))
+    m_vl = replace(m_vl, max_position_embeddings=512, vision_source=str(src))
+    again = build_model(m_vl, seed=11)
+    hf_import.load_into(again, src, m_vl)
+    for name, t in again.state_dict().items():
+        if "_extra_state" not in name:
+            torch.testing.assert_close(t, model.state_dict()[name], atol=1e-7, rtol=0, msg=name)
+    exported = hf_export.hf_tensors(again, m_vl)
+    assert set(exported) == set(vl) | set(vision)
+    for k, v in vision.items():
+        assert torch.equal(exported[k], v)
+    cfg = families.get("qwen3_5").hf_config(m_vl, special)
+    assert cfg["architectures"] == ["Qwen3_5ForConditionalGeneration"] and cfg["vision_config"] == {"depth": 1}
+    assert cfg["text_config"]["layer_types"] == list(m.layer_types)
+
+
+def test_hybrid_refuses_tensor_parallel() -> None:
+    from mtp_trainer.model_provider import ModelProvider
+
+    with pytest.raises(ConfigError, match="tensorParallelSize"):
+        ModelProvider(replace(HYBRID, num_key_value_heads=2, num_attention_heads=2), tensor_parallel_size=2).check()
