@@ -99,13 +99,16 @@ def decode_pass(
     label: str,
     k: int,
     concurrency: int = 1,
+    stop: list[str] | None = None,
 ) -> DecodeRun:
-    """Warm up, then time the prompt set and read the speculative counters around it."""
+    """Warm up, then time the prompt set and read the speculative counters around it. ``stop``
+    ends each answer at its turn's end (chat-trained models); without it every answer runs to
+    ``max_tokens``."""
     server.complete(model_name, prompts[0], 8)
     before, _ = counter_series(parse(server.metrics_text()).samples)
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        answers = list(pool.map(lambda p: server.complete(model_name, p, max_tokens), prompts))
+        answers = list(pool.map(lambda p: server.complete(model_name, p, max_tokens, stop=stop), prompts))
     seconds = time.perf_counter() - start
     after, _ = counter_series(parse(server.metrics_text()).samples)
     fig = WindowFigures(seconds, increments(before, after))

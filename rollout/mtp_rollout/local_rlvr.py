@@ -35,6 +35,8 @@ from mtp_rollout.bench import DecodeRun
 from mtp_rollout.launcher import server_plan
 from mtp_rollout.local_run import LocalRun, RunError, _tail
 from mtp_rollout.prompts import CHATML
+
+IM_END = "<|im_end|>"  # the chat turn's end: mtp_trainer.tokenizer.IM_END
 from mtp_rollout.server import VllmServer, free_port
 
 
@@ -153,6 +155,7 @@ class LocalRLVR(LocalRun):
     def execute(self) -> dict[str, Any]:
         import shutil
 
+        self.stop = [IM_END]  # answers end with their turn, as in RL; tokens/s counts real answer tokens
         if not self.opts.resume and self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,8 @@ class LocalRun:
         self.registry = CollectorRegistry()
         self.exporter = AcceptanceExporter(self.registry)
         self.run_info: dict[str, Any] = {"job": job.metadata.name}
+        # Where decoded answers end (None: run every answer to max_tokens, ignoring EOS).
+        self.stop: list[str] | None = None
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -242,7 +244,9 @@ class LocalRun:
 
                 def work() -> None:
                     try:
-                        result["run"] = decode_pass(server, name, prompts, max_tokens, label=f"mtp k={k}", k=k)
+                        result["run"] = decode_pass(
+                            server, name, prompts, max_tokens, label=f"mtp k={k}", k=k, stop=self.stop
+                        )
                     finally:
                         done.set()
 
@@ -277,7 +281,9 @@ class LocalRun:
         server = self._start_server(model, speculative=False)
         try:
             with self.console.status("decoding without speculation (for the speedup)"):
-                return decode_pass(server, self.job.metadata.name, prompts, max_tokens, label="plain", k=0)
+                return decode_pass(
+                    server, self.job.metadata.name, prompts, max_tokens, label="plain", k=0, stop=self.stop
+                )
         finally:
             server.stop()
             self.children.servers.remove(server)

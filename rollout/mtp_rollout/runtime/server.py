@@ -95,17 +95,27 @@ class VllmServer:
             return resp.read().decode()
 
     def complete(
-        self, model: str, prompt: str, max_tokens: int, *, temperature: float = 0.0, timeout_s: float = 300.0
+        self,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        *,
+        temperature: float = 0.0,
+        timeout_s: float = 300.0,
+        stop: list[str] | None = None,
     ) -> dict[str, Any]:
-        """One /v1/completions request; ``ignore_eos`` so every request generates ``max_tokens``."""
-        body = {
+        """One /v1/completions request. Without ``stop``, ``ignore_eos`` so every request generates
+        ``max_tokens``; with it, generation ends at the first stop string (a chat turn's end)."""
+        body: dict[str, Any] = {
             "model": model,
             "prompt": prompt,
             "max_tokens": max_tokens,
             "temperature": temperature,
-            "ignore_eos": True,
+            "ignore_eos": stop is None,
             "seed": 0,
         }
+        if stop is not None:
+            body["stop"] = stop
         req = urllib.request.Request(
             self.base_url + "/v1/completions",
             data=json.dumps(body).encode(),
