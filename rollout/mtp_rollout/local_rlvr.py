@@ -35,9 +35,9 @@ from mtp_rollout.bench import DecodeRun
 from mtp_rollout.launcher import server_plan
 from mtp_rollout.local_run import LocalRun, RunError, _tail
 from mtp_rollout.prompts import CHATML
+from mtp_rollout.server import VllmServer, free_port
 
 IM_END = "<|im_end|>"  # the chat turn's end: mtp_trainer.tokenizer.IM_END
-from mtp_rollout.server import VllmServer, free_port
 
 
 def heldout_prompts(job: t.MTPTrainingJob, n: int) -> list[str]:
