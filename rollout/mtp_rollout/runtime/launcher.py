@@ -51,6 +51,19 @@ def speculative_config(rollout: t.RolloutSpec) -> dict[str, object] | None:
     return {"method": "mtp", "num_speculative_tokens": spec.num_speculative_tokens}
 
 
+def hardware_args(rollout: t.RolloutSpec) -> list[str]:
+    """CPU: eager mode (graph capture costs minutes of start-up for tiny models and gains nothing);
+    GPU: tensor parallelism and the memory share."""
+    if rollout.gpus_per_replica == 0:
+        return ["--enforce-eager"]
+    return [
+        "--tensor-parallel-size",
+        str(rollout.tensor_parallel_size),
+        "--gpu-memory-utilization",
+        str(rollout.gpu_memory_utilization),
+    ]
+
+
 def server_plan(
     job: t.MTPTrainingJob,
     model_path: str,
@@ -96,16 +109,7 @@ def server_plan(
         "--generation-config",
         "vllm",
     ]
-    if on_cpu:
-        # Eager mode: CPU graph capture costs minutes of start-up for tiny models and gains nothing.
-        args += ["--enforce-eager"]
-    else:
-        args += [
-            "--tensor-parallel-size",
-            str(rollout.tensor_parallel_size),
-            "--gpu-memory-utilization",
-            str(rollout.gpu_memory_utilization),
-        ]
+    args += hardware_args(rollout)
     cfg = speculative_config(rollout) if speculative else None
     env: dict[str, str] = {}
     if cfg is not None:
