@@ -61,6 +61,60 @@ def allreduce_grads(model: nn.Module, group: Any = None) -> None:
             p.grad.div_(size)
 
 
+def allreduce_tensor_parallel_grads(model: nn.Module) -> None:
+    """What Megatron's ``finalize_model_grads`` does across the TP group for weights every TP rank
+    holds whole but sees only part of the input to: sum the q/k layernorm grads (each rank normalises
+    its own heads) and the sequence-parallel norms' grads; average ``average_gradients_across_tp_domain``
+    ones. A no-op with one TP rank."""
+    if not (dist.is_initialized() and ps.model_parallel_is_initialized()):
+        return
+    group = ps.get_tensor_model_parallel_group()
+    size = dist.get_world_size(group)
+    if size == 1:
+        return
+    sequence_parallel = bool(getattr(getattr(model, "config", None), "sequence_parallel", False))
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        if getattr(p, "average_gradients_across_tp_domain", False):
+            dist.all_reduce(p.grad, group=group)
+            p.grad.div_(size)
+        elif (sequence_parallel and getattr(p, "sequence_parallel", False)) or (
+            "q_layernorm" in name or "k_layernorm" in name
+        ):
+            dist.all_reduce(p.grad, group=group)
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` over the whole model, tensor-parallel aware: the global L2
+    norm sums the squares of every TP shard (all-reduced over the TP group) and counts a parameter
+    that each TP rank holds whole (norms, replicated weights) once. Every TP rank gets the same norm
+    and the same scale. With one TP rank it is torch's function (same formula, same 1e-6)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    tp_group = ps.get_tensor_model_parallel_group() if ps.model_parallel_is_initialized() else None
+    tp = dist.get_world_size(tp_group) if tp_group is not None and dist.is_initialized() else 1
+    if tp == 1:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    sharded = torch.zeros((), dtype=torch.float32, device=grads[0].device)
+    whole = torch.zeros((), dtype=torch.float32, device=grads[0].device)
+    for p in params:
+        if p.grad is None:
+            continue
+        sq = p.grad.detach().float().pow(2).sum()
+        if getattr(p, "tensor_model_parallel", False):
+            sharded += sq
+        else:
+            whole += sq  # identical on every TP rank: counted once
+    dist.all_reduce(sharded, group=tp_group)
+    total = (sharded + whole).sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype))
+    return float(total)
+
+
 @dataclass
 class _Sums:
     lm_loss: float = 0.0
@@ -142,7 +196,7 @@ class Trainer:
             with_grad = [p for p in group if p.grad is not None]
             if with_grad:
                 clip = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else float("inf")
-                norms.append(float(torch.nn.utils.clip_grad_norm_(with_grad, clip)))
+                norms.append(clip_grad_norm(with_grad, clip))
         self.optimizer.step()
         lm, losses, agree, lm_agree = sums.reduced(self._dp_group())
         dt = time.perf_counter() - t0
@@ -160,6 +214,7 @@ class Trainer:
         )
 
     def _allreduce_grads(self) -> None:
+        allreduce_tensor_parallel_grads(self.model)
         allreduce_grads(self.model)
 
     @torch.no_grad()

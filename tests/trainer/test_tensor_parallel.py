@@ -1,0 +1,128 @@
+"""Tensor parallel 2 (two gloo processes) against the 1-process run: the same losses, the same clipped
+gradients and the same gradient norms, in each MTP mode.
+
+The reference is this process's TP=1 model with torch's own ``clip_grad_norm_``; the two TP ranks load
+shards of the same weights (``sharding.shard_state_dict``), run the trainer's own step pieces (the
+mode's forward, ``allreduce_tensor_parallel_grads``, ``clip_grad_norm`` per clip group), and gather
+their gradients back to full tensors.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mtp_trainer import mtp_modes
+from mtp_trainer.config import ModelConfig
+from mtp_trainer.data import causal_batch
+from mtp_trainer.sharding import full_state_dict
+
+from .conftest import build_model
+
+DENSE = ModelConfig(
+    family="qwen3_next",
+    hidden_size=64,
+    num_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    ffn_hidden_size=128,
+    vocab_size=256,
+    mtp_num_layers=1,
+    max_position_embeddings=512,
+)
+MAX_NORM = 0.05  # below every measured norm (the smallest, standalone MTP, is ~0.3), so clipping scales every gradient
+MODES = (mtp_modes.JOINT, mtp_modes.STANDALONE, mtp_modes.DISABLED)
+
+
+def _batch() -> mtp_modes.Batch:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, DENSE.vocab_size, (2, 33), generator=g)
+    return causal_batch(ids, torch.ones(2, 32))
+
+
+def _step(model: torch.nn.Module, mode: str, clip: object) -> dict[str, object]:
+    """Forward + backward + per-group clip; gradients returned as full (gathered) tensors."""
+    mtp_modes.prepare(model, mode)
+    model.zero_grad(set_to_none=True)
+    out = mtp_modes.forward(model, _batch(), mode, 0.3)
+    out.loss.backward()
+    from mtp_trainer.train_loop import allreduce_tensor_parallel_grads
+
+    allreduce_tensor_parallel_grads(model)
+    norms = [
+        float(clip([p for p in grp if p.grad is not None], MAX_NORM)) for grp in mtp_modes.clip_groups(model, mode)
+    ]
+    with torch.no_grad():  # gather the gradients through the weights' own sharding
+        for p in model.parameters():
+            p.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
+    grads = full_state_dict(model)
+    return {
+        "loss": float(out.loss),
+        "lm": float(out.lm_loss),
+        "mtp": [float(x) for x in out.mtp_losses],
+        "norms": norms,
+        "grads": grads,
+    }
+
+
+def _worker(rank: int, port: int, tmp: str) -> None:
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from mtp_trainer import cpu_compat
+    from mtp_trainer.model_provider import ModelProvider
+    from mtp_trainer.sharding import shard_state_dict
+    from mtp_trainer.train_loop import clip_grad_norm
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    ps.initialize_model_parallel(2, 1)
+    cpu_compat.apply()
+    cpu_compat.seed_model_parallel_rng(1234)
+    full = torch.load(Path(tmp) / "weights.pt")
+    results = {}
+    for mode in MODES:
+        model = ModelProvider(DENSE, tensor_parallel_size=2).provide()
+        model.load_state_dict(shard_state_dict(model, full), strict=False)
+        results[mode] = _step(model, mode, clip_grad_norm)
+    if rank == 0:
+        torch.save(results, Path(tmp) / "tp2.pt")
+    ps.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def runs(dist_env: object, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    tmp = tmp_path_factory.mktemp("tp")
+    ref_model = build_model(DENSE, seed=21)
+    torch.save(full_state_dict(ref_model), tmp / "weights.pt")
+    one = {}
+    for mode in MODES:
+        model = build_model(DENSE, seed=21)
+        one[mode] = _step(model, mode, torch.nn.utils.clip_grad_norm_)
+    mp.spawn(_worker, args=(_port(), str(tmp)), nprocs=2, join=True)
+    return one, torch.load(tmp / "tp2.pt")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tp2_matches_one_process(runs: tuple[dict, dict], mode: str) -> None:
+    one, two = runs[0][mode], runs[1][mode]
+    assert two["lm"] == pytest.approx(one["lm"], abs=1e-5)
+    assert two["mtp"] == pytest.approx(one["mtp"], abs=1e-5)
+    assert two["norms"] == pytest.approx(one["norms"], rel=1e-5)
+    assert all(n > MAX_NORM for n in one["norms"])  # clipping was active
+    worst = max(float((two["grads"][k] - g).abs().max()) for k, g in one["grads"].items())
+    print(f"{mode}: loss {one['loss']:.6f} vs {two['loss']:.6f}, norms {one['norms']} vs {two['norms']}, "
+          f"max |grad diff| {worst:.3g}")  # fmt: skip
+    for k, g in one["grads"].items():
+        torch.testing.assert_close(two["grads"][k], g, atol=1e-6, rtol=1e-4, msg=k)
