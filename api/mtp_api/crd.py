@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from mtp_api import contracts
 from mtp_api import types as t
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +158,7 @@ def crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{t.PLURAL}.{t.GROUP}",
-            "labels": {"app.kubernetes.io/name": "mtp-operator", "app.kubernetes.io/component": "crd"},
+            "labels": {contracts.LABEL_NAME: "mtp-operator", contracts.LABEL_COMPONENT: "crd"},
         },
         "spec": {
             "group": t.GROUP,
