@@ -115,6 +115,12 @@ def build() -> dict[str, Any]:
 def _collector_row(d: db.Dashboard, job: str) -> db.Dashboard:
     """The operator's collector gauges (``mtp_rollout_*``), per job."""
     d = d.with_row(db.Row("Speculative decoding (operator collector)"))
+    d = _collector_acceptance_panels(d, job)
+    return _collector_speed_panels(d, job)
+
+
+def _collector_acceptance_panels(d: db.Dashboard, job: str) -> db.Dashboard:
+    """Acceptance rate, mean acceptance length and per-position acceptance over the collector window."""
     d = d.with_panel(
         _series(
             "Acceptance rate",
@@ -146,6 +152,11 @@ def _collector_row(d: db.Dashboard, job: str) -> db.Dashboard:
             max=1,
         )
     )
+    return d
+
+
+def _collector_speed_panels(d: db.Dashboard, job: str) -> db.Dashboard:
+    """Throughput against the speedup bound, the i.i.d. expectation, and the scrape's health."""
     d = d.with_panel(
         _series(
             "Throughput and the speedup bound",
@@ -290,6 +301,12 @@ def _jobs_row(d: db.Dashboard) -> db.Dashboard:
 def _rlvr_row(d: db.Dashboard, job: str) -> db.Dashboard:
     """One value per RL step, set by trainer rank 0 when the step ends; empty for SFT jobs."""
     d = d.with_row(db.Row("RLVR"))
+    d = _rlvr_outcome_panels(d, job)
+    return _rlvr_cost_panels(d, job)
+
+
+def _rlvr_outcome_panels(d: db.Dashboard, job: str) -> db.Dashboard:
+    """What each RL step achieved: reward, accuracy, and the drafter's acceptance during its generation."""
     d = d.with_panel(
         _series(
             "Reward mean",
@@ -326,6 +343,11 @@ def _rlvr_row(d: db.Dashboard, job: str) -> db.Dashboard:
             min=1,
         )
     )
+    return d
+
+
+def _rlvr_cost_panels(d: db.Dashboard, job: str) -> db.Dashboard:
+    """How each RL step ran: KL and entropy, time by phase, the weight version, generation speed."""
     d = d.with_panel(
         _series(
             "KL",
