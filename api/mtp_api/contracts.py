@@ -27,6 +27,18 @@ METRICS_FILE = "metrics.jsonl"
 # turns it into Failed/InvalidSpec instead of a restart.
 EXIT_INVALID_SPEC = 2
 
+# Completion: after the final checkpoint and the export, trainer rank 0 writes COMPLETION_MARKER (JSON
+# {"step": N, "export": DIR}) under --output-dir, then writes COMPLETION_MESSAGE_PREFIX + the same JSON
+# to the file named by ENV_TERMINATION_MESSAGE_PATH (the container's terminationMessagePath) and exits 0.
+# The operator reads the pod's terminated state (exit 0 + that message): success from pod state, never
+# from a metric.
+COMPLETION_MARKER = "COMPLETE"
+COMPLETION_MESSAGE_PREFIX = "mtp-complete "
+ENV_TERMINATION_MESSAGE_PATH = "MTP_TERMINATION_MESSAGE_PATH"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# The trainer's exit status after SIGTERM when it saved a checkpoint and stopped (128 + SIGTERM).
+EXIT_STOPPED = 143
+
 # ------------------------------------------------------------------ labels (operator, chart, dashboards)
 # On every object the operator creates; the chart's PodMonitors select pods by LABEL_COMPONENT and relabel
 # LABEL_JOB into mtp_job.

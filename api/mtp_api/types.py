@@ -156,6 +156,10 @@ class ConditionReason(StrEnum):
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     INVALID_SPEC = "InvalidSpec"
+    # Why the trainer group was restarted (Running=False while it comes back, and a Warning Event).
+    STALLED = "Stalled"
+    NODE_LOST = "NodeLost"
+    EVICTED = "Evicted"
 
 
 class JobState(StrEnum):
@@ -529,6 +533,20 @@ class RunPolicy(ApiModel):
     backoff_limit: int = Field(default=3, ge=0, le=1000)
     active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT64_MAX)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    stall_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=INT64_MAX,
+        description="Progress watchdog: a running trainer whose step has not moved for this long is restarted "
+        "as a group (reason Stalled; counts against backoffLimit). Needs the operator's trainer scrape.",
+    )
+    termination_grace_period_seconds: int = Field(
+        default=120,
+        ge=0,
+        le=86400,
+        description="Trainer pods' grace period: on SIGTERM the trainer saves a checkpoint at the next step "
+        "boundary and exits, so a restart or suspension resumes from there.",
+    )
 
 
 # ----------------------------------------------------------------------------------------- spec
@@ -574,6 +592,13 @@ class MTPTrainingJobSpec(ApiModel):
                 "self.pipeline == oldSelf.pipeline",
                 "pipeline is immutable; create a new job instead",
                 ".pipeline",
+            ),
+            (
+                "(has(oldSelf.runPolicy) && has(oldSelf.runPolicy.suspend) && oldSelf.runPolicy.suspend) || "
+                "(self.model == oldSelf.model && self.trainer == oldSelf.trainer)",
+                "spec.model and spec.trainer cannot change while the job runs; suspend it first "
+                "(runPolicy.suspend: true), then edit",
+                ".trainer",
             ),
         )
     )
@@ -625,7 +650,10 @@ class MTPTrainingJobStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0, le=INT64_MAX)
     start_time: str | None = None
     completion_time: str | None = None
-    restarts: int = Field(default=0, ge=0, le=INT64_MAX)
+    restarts: int = Field(default=0, ge=0, le=INT64_MAX, description="Group restarts so far (monotonic).")
+    last_progress_time: str | None = Field(
+        default=None, description="When the trainer step last moved (or the group became ready): stallSeconds."
+    )
     trainer: TrainerStatus | None = None
     rollout: RolloutStatus | None = None
     rl: RLStatus | None = None

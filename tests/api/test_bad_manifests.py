@@ -190,7 +190,12 @@ def test_pipeline_is_immutable_on_update(tiny_sft: dict[str, Any]) -> None:
     assert v.validate_object(new).ok  # a fresh create is fine
     errors = v.validate_object(new, old=tiny_sft).errors
     assert [(e.path, e.message) for e in errors] == [
-        ("spec.pipeline", "pipeline is immutable; create a new job instead")
+        ("spec.pipeline", "pipeline is immutable; create a new job instead"),
+        (  # the trainFiles edit, on a job that is not suspended
+            "spec.trainer",
+            "spec.model and spec.trainer cannot change while the job runs; suspend it first "
+            "(runPolicy.suspend: true), then edit",
+        ),
     ]
 
 
