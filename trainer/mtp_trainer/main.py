@@ -17,13 +17,17 @@ The run, top to bottom:
 6. Resume from ``DIR/checkpoints/step_N`` (``--resume``, the default, when one exists) or start
    fresh (``--fresh``). Train, evaluating and checkpointing on schedule; metrics go to Prometheus
    and ``DIR/metrics.jsonl``.
-7. Export the final weights to ``DIR/hf`` (safetensors, config.json, tokenizer) atomically.
-8. With ``--hold-after-completion`` (what the operator runs), keep serving the metrics, with
-   ``mtp_trainer_step`` = maxSteps, until SIGTERM or SIGINT, then exit 0: a StatefulSet restarts a
-   container that exits, so the operator, not the exit, ends the run. A restarted trainer that is
-   already complete resumes at maxSteps, reports it at once, re-exports and holds again.
+7. Export the final weights to ``DIR/hf`` (safetensors, config.json, tokenizer) atomically, then
+   write the completion marker ``DIR/COMPLETE`` and (rank 0, when ``$MTP_TERMINATION_MESSAGE_PATH``
+   is set, as the operator sets it) the container's termination message ``mtp-complete {...}``,
+   and exit 0: the operator reads success from that pod state. A restarted trainer that finds the
+   marker (with the export) reports it again and exits 0 at once.
+8. SIGTERM during training (SFT loop): every rank finishes its step, a checkpoint of it is saved,
+   and the trainer exits 143; the next start resumes from it. ``--hold-after-completion`` (local
+   use) keeps serving the metrics after the export until SIGTERM or SIGINT, then exits 0.
 
-Exit status: 0 on success, 2 on bad input (the message names the field and the fix).
+Exit status: 0 on success, 2 on bad input (the message names the field and the fix), 143 when
+stopped by SIGTERM after a checkpoint.
 """
 
 from __future__ import annotations
@@ -114,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, optim=replace(cfg.optim, max_steps=args.max_steps))
     out_dir: Path = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    done = completed(out_dir, cfg.optim.max_steps) if args.resume else None
+    if done is not None:  # restarted after it finished: say so again (pod state), redo nothing
+        report_complete(done)
+        return 0
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     node_rank = int(os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or "0")
     spec_mtp = job.spec.model.mtp_num_layers
@@ -183,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
     _announce(cfg, model, info, metrics, resume_from, rows=(len(rows), len(val_rows) if val_rows else 0))
     trainer = Trainer(cfg, model, optimizer, schedule, val_rows, metrics, info.device, out_dir, tok)
     trainer.run(start)
+    if trainer.stopped_at is not None:  # SIGTERM: a checkpoint of that step is saved; the next start resumes
+        distributed.shutdown()
+        return contracts.EXIT_STOPPED
     return _finish(cfg, model, tok, out_dir, metrics, info)
 
 
@@ -221,9 +232,40 @@ def _finish(
     hf_export.export(model, cfg.model, tok, export_dir)
     metrics.set_step(cfg.optim.max_steps)
     if info.is_main:
-        print(json.dumps({"event": "done", "step": cfg.optim.max_steps, "export": str(export_dir)}), flush=True)
+        done = {"step": cfg.optim.max_steps, "export": str(export_dir)}
+        _write_atomic(out_dir / contracts.COMPLETION_MARKER, json.dumps(done))  # after the export: durable
+        report_complete(done)
+        print(json.dumps({"event": "done", **done}), flush=True)
     distributed.shutdown()
     return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def completed(out_dir: Path, max_steps: int) -> dict[str, object] | None:
+    """The completion marker's content when this run already finished ``max_steps`` and exported."""
+    try:
+        done = json.loads((out_dir / contracts.COMPLETION_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict) or done.get("step") != max_steps or not Path(str(done.get("export"))).is_dir():
+        return None
+    return done
+
+
+def report_complete(done: dict[str, object]) -> None:
+    """Rank 0 puts the completion into its container's termination message, which the kubelet copies
+    into the pod's status: the operator's proof that the final checkpoint and export are on the volume."""
+    path = os.environ.get(contracts.ENV_TERMINATION_MESSAGE_PATH)
+    if path and os.environ.get("RANK", "0") == "0":
+        Path(path).write_text(contracts.COMPLETION_MESSAGE_PREFIX + json.dumps(done, sort_keys=True))
 
 
 class _Stop(Exception):

@@ -10,6 +10,7 @@ agreement on held-out data is exactly what drifts when the trunk trains without 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,7 @@ class Trainer:
     device: torch.device
     out_dir: Path
     tokenizer: Any
+    stopped_at: int | None = None  # the step saved when SIGTERM stopped the run early
 
     def _dp_group(self) -> Any:
         return ps.get_data_parallel_group() if dist.is_initialized() else None
@@ -248,19 +250,56 @@ class Trainer:
         return checkpoint.save(self.out_dir, step, self.model, self.optimizer, self.cfg, self.tokenizer)
 
     def run(self, start_step: int) -> list[StepRecord]:
-        """Train from ``start_step`` (completed steps) to ``max_steps``; eval/save on schedule."""
+        """Train from ``start_step`` (completed steps) to ``max_steps``; eval/save on schedule. On SIGTERM,
+        save the step every rank has finished and return early (``stopped_at``)."""
         cfg = self.cfg
         history: list[StepRecord] = []
         if start_step == 0:
             self.evaluate(0)
-        for step in range(start_step, cfg.optim.max_steps):
-            rec = self.train_step(step)
-            self.metrics.record(rec)
-            history.append(rec)
-            done = rec.step
-            last = done == cfg.optim.max_steps
-            if done % cfg.schedule.eval_steps == 0 or last:
-                self.evaluate(done)
-            if done % cfg.schedule.save_steps == 0 or last:
-                self.save(done)
+        with _sigterm_flag() as stop:
+            for step in range(start_step, cfg.optim.max_steps):
+                rec = self.train_step(step)
+                self.metrics.record(rec)
+                history.append(rec)
+                done = rec.step
+                last = done == cfg.optim.max_steps
+                if _any_rank(stop[0], self.device) and not last:
+                    self.save(done)
+                    self.stopped_at = done
+                    break
+                if done % cfg.schedule.eval_steps == 0 or last:
+                    self.evaluate(done)
+                if done % cfg.schedule.save_steps == 0 or last:
+                    self.save(done)
         return history
+
+
+class _sigterm_flag:
+    """SIGTERM while training sets ``flag[0]`` instead of killing the process; the loop checks it after
+    each step (agreed over all ranks), saves a checkpoint and stops. The previous handler comes back after."""
+
+    def __enter__(self) -> list[bool]:
+        self.flag = [False]
+        self.previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum: int, frame: object) -> None:
+            self.flag[0] = True
+
+        try:
+            signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread (tests): no handler, the flag stays False
+            self.previous = None
+        return self.flag
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank saw SIGTERM (ranks may get it at different steps)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
