@@ -29,6 +29,7 @@ class Scale:
 
     trainer: bool = True
     rollout: bool = True
+    attempt: int = 0  # the trainer group's restart attempt (status.restarts)
 
 
 def stable_hash(obj: Any) -> str:
@@ -67,7 +68,10 @@ def desired_children(job: t.MTPTrainingJob, scale: Scale = Scale()) -> list[dict
         build_config_map(job),
         build_trainer_service(job),
         build_trainer_statefulset(
-            job, replicas=job.spec.trainer.replicas if scale.trainer else 0, config_hash=trainer_config_hash(job)
+            job,
+            replicas=job.spec.trainer.replicas if scale.trainer else 0,
+            config_hash=trainer_config_hash(job),
+            attempt=scale.attempt,
         ),
     ]
     if job.spec.rollout is not None:

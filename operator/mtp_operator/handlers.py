@@ -4,11 +4,14 @@ Handlers are registered into a fresh ``kopf.OperatorRegistry`` built from the ty
 the resync interval and label selectors come from one object read at startup, and tests can run
 several operators in one process. Children are seen through Kopf indexes (Kopf populates them
 before any handler runs, so a restarted operator sees existing children and does not re-create
-them); child events only wake the owning job's reconcile.
+them); child events only wake the owning job's reconcile. There is no per-job Kopf timer or daemon
+(each would put a finalizer on every job): resync and scraping run in one operator-level loop
+(``periodic.py``) that the startup handler starts and the cleanup handler stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Iterable, Mapping
@@ -20,9 +23,10 @@ from kopf._core.intents.registries import SmartOperatorRegistry
 
 from mtp_api import types as t
 from mtp_operator import metrics, names
-from mtp_operator.kube import Kube
+from mtp_operator.kube import ApiError, Kube, NotFound
 from mtp_operator.metrics_store import JobKey
 from mtp_operator.observed import ChildState, PodState, observed_from, summarize_child, summarize_pod
+from mtp_operator.periodic import Periodic, paused_by_peers
 from mtp_operator.reconcile import reconcile
 from mtp_operator.runtime import Runtime
 from mtp_operator.scraping import JobScraper
@@ -76,11 +80,50 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(id="startup", registry=registry)
     async def startup(
-        memo: Any, settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+        memo: Any, settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **kwargs: Any
     ) -> None:
-        memo.runtime = Runtime(config=config, kopf_settings=settings)
+        runtime = memo.runtime = Runtime(config=config, kopf_settings=settings)
         metrics.serve(config.metrics_port)
+        kube = Kube(settings, logger)
+        jobs_index = kwargs["idx_jobs"]  # Kopf's indexes are live objects, already there at startup
+        context = {**kwargs, "memo": memo, "logger": logger}
+
+        async def resync(key: JobKey) -> None:
+            bodies = jobs_index.get(key)
+            if bodies:
+                await run(key, _latest(bodies, None), "timer", context)
+
+        async def paused() -> bool:
+            now = datetime.datetime.now(datetime.UTC)
+            for path in _peering_paths(config):
+                try:
+                    body = await kube.get(path)
+                except NotFound:
+                    continue
+                if paused_by_peers(body.get("status"), settings.peering.priority, now):
+                    return True
+            return False
+
+        loop = Periodic(
+            scrape_seconds=config.scrape_seconds,
+            resync_seconds=config.resync_seconds,
+            jobs=jobs_index,
+            pods=kwargs["idx_pods"],
+            typed_job=runtime.job,
+            make_scraper=lambda key: JobScraper(key, config, runtime.metrics, metrics.ACCEPTANCE),
+            resync=resync,
+            paused=None if config.standalone else paused,
+        )
+        runtime.background_stop = asyncio.Event()
+        runtime.background = asyncio.create_task(loop.run(runtime.background_stop), name="mtp-periodic")
         logger.info(f"mtp-operator started: {config.model_dump()}")
+
+    @kopf.on.cleanup(id="cleanup", registry=registry)
+    async def cleanup(memo: Any, **_: Any) -> None:
+        runtime: Runtime | None = getattr(memo, "runtime", None)
+        if runtime is not None and runtime.background is not None:
+            runtime.background_stop.set()
+            await runtime.background
 
     def _index_of(kind: str) -> Any:
         def index(meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> dict[JobKey, ChildState] | None:
@@ -116,26 +159,13 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(trigger).inc()
                 raise
+        for type_, reason, message in outcome.events:
+            try:
+                await kube.event(body, type_, reason, message)
+            except ApiError as exc:  # an Event is a report; failing to post one changes nothing
+                kwargs["logger"].warning(f"could not post Event {reason}: {exc}")
         if outcome.actions:
             kwargs["logger"].info(f"reconciled ({trigger}): {', '.join(outcome.actions)}")
-
-    if config.scrape_seconds > 0:
-
-        @kopf.daemon(*jobs, id="scrape", cancellation_timeout=5.0, registry=registry)
-        async def scrape(stopped: Any, meta: Mapping[str, Any], **kwargs: Any) -> None:
-            """Scrape the job's pods into the metrics store until the job goes; see scraping.py."""
-            key = (meta.get("namespace", ""), meta.get("name", ""))
-            runtime: Runtime = kwargs["memo"].runtime
-            scraper = JobScraper(key, config, runtime.metrics, metrics.ACCEPTANCE)
-            try:
-                while not stopped:
-                    job = runtime.job(key)
-                    pods = kwargs["idx_pods"][key] if key in kwargs["idx_pods"] else []
-                    if job is not None:
-                        await scraper.round(job, pods)
-                    await stopped.wait(config.scrape_seconds)
-            finally:
-                scraper.close()
 
     @kopf.on.event(*jobs, id="job_event", registry=registry)
     async def job_event(
@@ -149,11 +179,6 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         latest = kwargs["idx_jobs"].get(key)
         await run(key, _latest(latest, body), "event", kwargs)
 
-    @kopf.timer(*jobs, interval=config.resync_seconds, id="resync", registry=registry)
-    async def resync(meta: Mapping[str, Any], body: Mapping[str, Any], **kwargs: Any) -> None:
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        await run(key, _latest(kwargs["idx_jobs"].get(key), body), "timer", kwargs)
-
     async def child_event(event: Mapping[str, Any], meta: Mapping[str, Any], **kwargs: Any) -> None:
         key = _job_key(meta)
         if key is None or key not in kwargs["idx_jobs"]:
@@ -166,8 +191,15 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     for group, version, plural, _ in (*CHILD_KINDS, POD_KIND):
         kopf.on.event(group, version, plural, labels=MANAGED, id=f"child_{plural}", registry=registry)(child_event)
 
-    del startup, idx_pods, idx_jobs, job_event, resync
+    del startup, cleanup, idx_pods, idx_jobs, job_event
     return registry
+
+
+def _peering_paths(config: OperatorConfig) -> list[str]:
+    """The peering objects Kopf keeps alive for this operator: one cluster-wide, or one per namespace."""
+    if config.namespaces:
+        return [f"apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings/{config.peering_name}" for ns in config.namespaces]
+    return [f"apis/kopf.dev/v1/clusterkopfpeerings/{config.peering_name}"]
 
 
 def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:

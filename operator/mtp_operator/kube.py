@@ -8,7 +8,9 @@ retries on the next event or resync tick instead of sleeping inside a handler.
 
 from __future__ import annotations
 
+import datetime
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from kopf._cogs.clients import api, errors
@@ -25,10 +27,13 @@ _PATHS = {
     "Service": "api/v1/namespaces/{ns}/services",
     "StatefulSet": "apis/apps/v1/namespaces/{ns}/statefulsets",
     "Deployment": "apis/apps/v1/namespaces/{ns}/deployments",
+    "Pod": "api/v1/namespaces/{ns}/pods",
+    "Event": "api/v1/namespaces/{ns}/events",
     t.KIND: f"apis/{t.API_VERSION}/namespaces/{{ns}}/{t.PLURAL}",
 }
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
+MANAGER = "mtp-operator"
 
 
 def collection(kind: str, namespace: str) -> str:
@@ -51,6 +56,9 @@ class Kube:
         async with response:
             return await response.json()
 
+    async def get(self, path: str) -> Any:
+        return await self._call("get", path)
+
     async def create(self, namespace: str, obj: dict[str, Any]) -> Any:
         return await self._call("post", collection(obj["kind"], namespace), obj)
 
@@ -60,5 +68,40 @@ class Kube:
         url = f"{collection(kind, namespace)}/{name}" + (f"/{subresource}" if subresource else "")
         return await self._call("patch", url, patch, MERGE)
 
-    async def delete(self, namespace: str, kind: str, name: str) -> Any:
-        return await self._call("delete", f"{collection(kind, namespace)}/{name}", {"propagationPolicy": "Background"})
+    async def event(self, job: Mapping[str, Any], type_: str, reason: str, message: str) -> Any:
+        """A core/v1 Event about the job (``kubectl describe`` and ``kubectl get events`` show it)."""
+        meta = job.get("metadata") or {}
+        namespace = meta.get("namespace", "")
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', '')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": t.API_VERSION,
+                "kind": t.KIND,
+                "name": meta.get("name", ""),
+                "namespace": namespace,
+                "uid": meta.get("uid", ""),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": MANAGER},
+            "reportingComponent": MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        return await self._call("post", collection("Event", namespace), body)
+
+    async def delete(self, namespace: str, kind: str, name: str, *, force: bool = False) -> Any:
+        """Delete with background propagation; ``force`` sets grace 0 (a pod on a lost node: its kubelet
+        can never confirm the deletion, so nothing else ever frees the pod's name)."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if force:
+            body["gracePeriodSeconds"] = 0
+        try:
+            return await self._call("delete", f"{collection(kind, namespace)}/{name}", body)
+        except NotFound:
+            return None  # already gone: what a delete wanted

@@ -21,6 +21,11 @@ LABEL_MANAGED_BY = contracts.LABEL_MANAGED_BY
 LABEL_PART_OF = contracts.LABEL_PART_OF
 LABEL_JOB = contracts.LABEL_JOB
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+# The trainer group's restart attempt (= status.restarts when the pod was made): a group restart bumps
+# it in the StatefulSet's template (updateStrategy OnDelete) and deletes every pod of an older attempt.
+LABEL_RESTART_ATTEMPT = "mtp.io/restart-attempt"
+# Job metadata that is not copied to children: kubectl's bookkeeping.
+NOT_PROPAGATED_PREFIXES = ("kubectl.kubernetes.io/", "kopf.zalando.org/")
 
 ANNOTATION_SPEC_HASH = "mtp.io/spec-hash"
 ANNOTATION_CONFIG_HASH = "mtp.io/config-hash"
@@ -65,8 +70,18 @@ def selector(job: t.MTPTrainingJob, component: str) -> dict[str, str]:
     return {LABEL_JOB: job.metadata.name, LABEL_COMPONENT: component}
 
 
+def _propagated(values: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in values.items() if not k.startswith(NOT_PROPAGATED_PREFIXES)}
+
+
+def job_annotations(job: t.MTPTrainingJob) -> dict[str, str]:
+    """The job's own annotations, copied to every child and pod (coscheduling, Kueue, cost tags)."""
+    return _propagated(job.metadata.annotations)
+
+
 def labels(job: t.MTPTrainingJob, component: str) -> dict[str, str]:
-    return {
+    """The job's own labels (e.g. Kueue's ``kueue.x-k8s.io/queue-name``), then the operator's, which win."""
+    return _propagated(job.metadata.labels) | {
         LABEL_NAME: "mtptrainingjob",
         LABEL_INSTANCE: job.metadata.name,
         LABEL_COMPONENT: component,

@@ -6,10 +6,12 @@ the cluster's state from memory and an idle reconcile makes no API request at al
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mtp_api import contracts
 from mtp_operator import names
 
 ChildKey = tuple[str, str]  # kind, name
@@ -36,9 +38,41 @@ class PodState:
     # (container, exit code) of each container's latest termination: the current state's when it is
     # terminated, else lastState's. Containers that never terminated are absent.
     last_exit_codes: tuple[tuple[str, int], ...] = ()
+    attempt: int = 0  # the mtp.io/restart-attempt label (0 when absent)
+    # The trainer container's latest termination was exit 0 with the completion message: its content.
+    completion: str | None = None
+    deletion_timestamp: str | None = None
+    deletion_grace_seconds: int = 0
+    # Why the pod is going away, from the pod: status.reason (Evicted, NodeLost, ...) or the reason of a
+    # DisruptionTarget=True condition (PreemptionByScheduler, DeletionByTaintManager, ...); "" when none.
+    disruption: str = ""
 
     def last_exit_code(self, container: str) -> int | None:
         return dict(self.last_exit_codes).get(container)
+
+    @property
+    def node_lost(self) -> bool:
+        """Its node stopped answering: the node lifecycle controller's marks on the pod."""
+        return self.disruption in NODE_LOST_REASONS
+
+    @property
+    def disrupted(self) -> bool:
+        """Evicted, preempted, drained, deleted or on a lost node: the pod is going or gone."""
+        return self.failed or self.deletion_timestamp is not None or bool(self.disruption)
+
+    def stuck_terminating(self, now: datetime.datetime) -> bool:
+        """Deleted, and either on a lost node (its kubelet will never confirm) or past its grace period by
+        ``STUCK_AFTER_SECONDS``: only a force delete (grace 0) frees its name for the replacement."""
+        if self.deletion_timestamp is None:
+            return False
+        if self.node_lost:
+            return True
+        since = datetime.datetime.strptime(self.deletion_timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        return (now - since).total_seconds() >= self.deletion_grace_seconds + STUCK_AFTER_SECONDS
+
+
+NODE_LOST_REASONS = frozenset({"NodeLost", "DeletionByTaintManager"})
+STUCK_AFTER_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -49,19 +83,15 @@ class Observed:
     def child(self, kind: str, name: str) -> ChildState | None:
         return self.children.get((kind, name))
 
-    def trainer_restarts(self) -> int:
-        return sum(p.restarts for p in self.pods if p.component == names.COMPONENT_TRAINER)
+    def trainer_pods(self, attempt: int | None = None) -> list[PodState]:
+        """The trainer pods, or only those of one restart attempt."""
+        return [
+            p for p in self.pods if p.component == names.COMPONENT_TRAINER and (attempt is None or p.attempt == attempt)
+        ]
 
-    def trainer_pod_with_exit(self, code: int) -> str | None:
-        """The first trainer pod whose trainer container last exited with ``code``."""
-        return next(
-            (
-                p.name
-                for p in self.pods
-                if p.component == names.COMPONENT_TRAINER and p.last_exit_code("trainer") == code
-            ),
-            None,
-        )
+    def trainer_pod_with_exit(self, code: int, attempt: int | None = None) -> str | None:
+        """The first trainer pod (of ``attempt``) whose trainer container last exited with ``code``."""
+        return next((p.name for p in self.trainer_pods(attempt) if p.last_exit_code("trainer") == code), None)
 
 
 def summarize_child(kind: str, body: Mapping[str, Any]) -> ChildState:
@@ -86,11 +116,33 @@ def _last_exit_code(container_status: Mapping[str, Any]) -> int | None:
     return None
 
 
+def _completion(container_status: Mapping[str, Any]) -> str | None:
+    """The trainer's completion message when its latest termination is exit 0 with that message."""
+    for key in ("state", "lastState"):
+        terminated = (container_status.get(key) or {}).get("terminated")
+        if terminated and terminated.get("exitCode") is not None:
+            message = str(terminated.get("message") or "")
+            if int(terminated["exitCode"]) == 0 and message.startswith(contracts.COMPLETION_MESSAGE_PREFIX):
+                return message[len(contracts.COMPLETION_MESSAGE_PREFIX) :]
+            return None
+    return None
+
+
+def _disruption(status: Mapping[str, Any]) -> str:
+    for c in status.get("conditions") or []:
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            return str(c.get("reason") or "DisruptionTarget")
+    return str(status.get("reason") or "")
+
+
 def summarize_pod(body: Mapping[str, Any]) -> PodState:
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
     statuses = status.get("containerStatuses") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    labels = meta.get("labels") or {}
+    attempt = str(labels.get(names.LABEL_RESTART_ATTEMPT, "0"))
+    trainer = next((c for c in statuses if c.get("name") == "trainer"), None)
     return PodState(
         name=meta.get("name", ""),
         component=(meta.get("labels") or {}).get(names.LABEL_COMPONENT, ""),
@@ -101,6 +153,11 @@ def summarize_pod(body: Mapping[str, Any]) -> PodState:
         last_exit_codes=tuple(
             (str(c.get("name", "")), code) for c in statuses if (code := _last_exit_code(c)) is not None
         ),
+        attempt=int(attempt) if attempt.isdigit() else 0,
+        completion=_completion(trainer) if trainer is not None else None,
+        deletion_timestamp=meta.get("deletionTimestamp"),
+        deletion_grace_seconds=int(meta.get("deletionGracePeriodSeconds") or 0),
+        disruption=_disruption(status),
     )
 
 

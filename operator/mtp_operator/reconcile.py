@@ -2,9 +2,11 @@
 
 In order, as kubeflow/trainer's controller does it:
 1. read the job (typed) and what is observed of its children (from memory);
-2. compute the status once; it decides how many pods should run (suspend, terminal states);
-3. unless the job is terminal or being deleted, build the desired children and apply them;
-4. patch status only if it differs from what is stored.
+2. compute the status once; it decides how many pods should run (suspend, terminal states) and the
+   trainer group's restart attempt (``status.restarts``);
+3. unless the job is terminal or being deleted, build the desired children and apply them, then delete
+   every trainer pod of an older restart attempt (a group restart); force-delete pods stuck on a lost node;
+4. patch status only if it differs from what is stored; the Events to post are returned in ``Outcome``.
 No handler sleeps: a failure raises, and the next event or resync tick runs the same path again.
 """
 
@@ -22,12 +24,15 @@ from mtp_api.validation import semantic_checks
 from mtp_operator import metrics
 from mtp_operator.apply import apply_children
 from mtp_operator.builders.common import BuildError
-from mtp_operator.children import Scale, desired_children
-from mtp_operator.kube import Kube
+from mtp_operator.children import Scale, desired_children, stable_hash
+from mtp_operator.kube import Kube, NotFound, collection
 from mtp_operator.metrics_store import JobKey
 from mtp_operator.observed import Observed
 from mtp_operator.runtime import Runtime
 from mtp_operator.status import compute_status
+
+# (type, reason, message) of a Kubernetes Event about the job.
+Event = tuple[str, str, str]
 
 
 @dataclass
@@ -35,6 +40,7 @@ class Outcome:
     actions: list[str] = field(default_factory=list)
     status_patched: bool = False
     state: t.JobState | None = None
+    events: list[Event] = field(default_factory=list)
 
 
 def parse_job(body: Mapping[str, Any]) -> tuple[t.MTPTrainingJob | None, str | None]:
@@ -76,12 +82,46 @@ def _status_patch(old: Any, new: Any) -> Any:
     return out
 
 
-def _scale(job: t.MTPTrainingJob, state: t.JobState | None) -> Scale:
+def _scale(job: t.MTPTrainingJob, status: t.MTPTrainingJobStatus) -> Scale:
     suspended = job.spec.run_policy.suspend
     return Scale(
-        trainer=not suspended and state not in t.TERMINAL_STATES,
-        rollout=not suspended and state != t.JobState.FAILED,
+        trainer=not suspended and status.state not in t.TERMINAL_STATES,
+        rollout=not suspended and status.state != t.JobState.FAILED,
+        attempt=status.restarts,
     )
+
+
+def events(old: t.MTPTrainingJobStatus | None, new: t.MTPTrainingJobStatus) -> list[Event]:
+    """The Events a status transition deserves: each group restart (its reason), and the end."""
+    out: list[Event] = []
+    conds = {c.type: c for c in new.conditions}
+    old_state = old.state if old is not None else None
+    if new.state != old_state and new.state in t.TERMINAL_STATES:
+        c = conds[t.ConditionType.SUCCEEDED if new.state == t.JobState.SUCCEEDED else t.ConditionType.FAILED]
+        out.append(("Normal" if new.state == t.JobState.SUCCEEDED else "Warning", c.reason, c.message))
+    elif new.restarts > (old.restarts if old is not None else 0) and t.ConditionType.RUNNING in conds:
+        c = conds[t.ConditionType.RUNNING]
+        out.append(("Warning", c.reason, c.message))
+    elif new.state == t.JobState.SUSPENDED and old_state != t.JobState.SUSPENDED:
+        out.append(("Normal", t.ConditionReason.SUSPENDED, "runPolicy.suspend: every pod scaled to 0"))
+    return out
+
+
+async def _restart_group(
+    kube: Kube, namespace: str, observed: Observed, attempt: int, now: datetime.datetime
+) -> list[str]:
+    """Delete every trainer pod of an older attempt (all ranks go together, and the StatefulSet, whose
+    update strategy is OnDelete, recreates them from the template of ``attempt``); force-delete any
+    trainer pod stuck terminating (lost node). Idempotent: a pod already going is not deleted again."""
+    actions = []
+    for pod in observed.trainer_pods():
+        if pod.stuck_terminating(now):
+            await kube.delete(namespace, "Pod", pod.name, force=True)
+            actions.append(f"force-delete Pod/{pod.name} (stuck terminating)")
+        elif pod.attempt != attempt and pod.deletion_timestamp is None:
+            await kube.delete(namespace, "Pod", pod.name)
+            actions.append(f"delete Pod/{pod.name} (group restart {attempt})")
+    return actions
 
 
 async def reconcile(
@@ -115,11 +155,15 @@ async def _reconcile_locked(
         generation=meta.get("generation"),
         invalid=invalid,
     )
-    outcome = Outcome(state=status.state)
+    outcome = Outcome(state=status.state, events=events(old, status))
     was_terminal = old is not None and old.state in t.TERMINAL_STATES
     if job is not None and not was_terminal and not meta.get("deletionTimestamp"):
-        desired = _desired(key, job, _scale(job, status.state), runtime)
+        desired = _desired(key, job, _scale(job, status), runtime)
+        if _creates(desired, observed, runtime.written[key]) and not await _exists(kube, namespace, name):
+            return outcome  # the job is gone and its watch event not yet here: create no orphans
         outcome.actions = await apply_children(kube, namespace, desired, observed, runtime.written[key])
+        if status.state not in t.TERMINAL_STATES:
+            outcome.actions += await _restart_group(kube, namespace, observed, status.restarts, now)
     new_wire = status.wire()
     old_wire = {k: v for k, v in stored.items() if k in new_wire or k in _STATUS_KEYS}
     if new_wire != old_wire and not meta.get("deletionTimestamp"):
@@ -137,10 +181,32 @@ async def _reconcile_locked(
     return outcome
 
 
+def _creates(desired: list[dict[str, Any]], observed: Observed, written: Mapping[Any, str]) -> bool:
+    """Whether applying ``desired`` would create a child (rare: the first reconcile, or a child deleted)."""
+    return any(
+        observed.child(o["kind"], o["metadata"]["name"]) is None and (o["kind"], o["metadata"]["name"]) not in written
+        for o in desired
+    )
+
+
+async def _exists(kube: Kube, namespace: str, name: str) -> bool:
+    """One GET before a create: a child event can arrive after the job was deleted (it has no finalizer)."""
+    try:
+        await kube.get(f"{collection(t.KIND, namespace)}/{name}")
+    except NotFound:
+        return False
+    return True
+
+
 def _build(key: JobKey, body: Mapping[str, Any], runtime: Runtime) -> tuple[t.MTPTrainingJob | None, str | None]:
     """The typed job (or why it is invalid), cached per uid and generation."""
     meta = body.get("metadata") or {}
-    version = (str(meta.get("uid", "")), int(meta.get("generation") or 0))
+    # Labels and annotations reach the children, and change no generation: they are part of the key.
+    version = (
+        str(meta.get("uid", "")),
+        int(meta.get("generation") or 0),
+        stable_hash([meta.get("labels") or {}, meta.get("annotations") or {}]),
+    )
     cached = runtime.built.get(key)
     if cached is not None and cached[0] == version:
         return cached[1]["job"], cached[1]["invalid"]

@@ -24,9 +24,12 @@ class Runtime:
     written: dict[JobKey, dict[ChildKey, str]] = field(default_factory=lambda: defaultdict(dict))
     status_written: dict[JobKey, dict[str, Any]] = field(default_factory=dict)
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
-    # The typed job and its desired children, per (uid, generation): the spec only changes with the
-    # generation, so idle reconciles skip parsing and building.
-    built: dict[JobKey, tuple[tuple[str, int], Any]] = field(default_factory=dict)
+    # The typed job and its desired children, per (uid, generation, hash of labels and annotations): what
+    # they are built from only changes with these, so idle reconciles skip parsing and building.
+    built: dict[JobKey, tuple[tuple[str, int, str], Any]] = field(default_factory=dict)
+    # The operator-level periodic loop (periodic.py) and the event that stops it.
+    background: asyncio.Task[None] | None = None
+    background_stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def job(self, key: JobKey) -> Any:
         """The typed job last reconciled for ``key`` (None before its first reconcile or if invalid)."""

@@ -28,11 +28,33 @@ Cond = tuple[t.ConditionType, Status3, str, str]
 
 
 @dataclass(frozen=True)
+class Incident:
+    """Why the trainer group must restart: a reason (a ConditionReason) and what happened."""
+
+    reason: t.ConditionReason
+    message: str
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """The state and the conditions that explain it, before transition times are filled in."""
+    """The state and the conditions that explain it, before transition times are filled in; ``restarts``
+    is the new group restart count and ``incident`` what this reconcile found, if anything."""
 
     state: t.JobState
     conditions: tuple[Cond, ...]
+    restarts: int = 0
+    incident: Incident | None = None
+
+
+# Running=False reasons that mean "the group is coming back from a restart".
+RESTART_REASONS = frozenset(
+    {
+        t.ConditionReason.TRAINER_FAILED,
+        t.ConditionReason.EVICTED,
+        t.ConditionReason.NODE_LOST,
+        t.ConditionReason.STALLED,
+    }
+)
 
 
 def _iso(now: datetime.datetime) -> str:
@@ -64,6 +86,48 @@ def ready_counts(job: t.MTPTrainingJob, observed: Observed) -> tuple[int, int]:
     return (sts.ready_replicas if sts else 0), (dep.ready_replicas if dep else 0)
 
 
+def completion(job: t.MTPTrainingJob, observed: Observed) -> str | None:
+    """Rank 0's completion message, when its trainer container last exited 0 after writing the
+    completion marker (the final checkpoint and export are on the volume): the one success signal."""
+    rank0 = f"{names.trainer(job)}-0"
+    return next((p.completion for p in observed.trainer_pods() if p.name == rank0 and p.completion), None)
+
+
+def find_incident(
+    job: t.MTPTrainingJob,
+    observed: Observed,
+    attempt: int,
+    now: datetime.datetime,
+    progress: datetime.datetime | None,
+    resumed: datetime.datetime | None = None,
+) -> Incident | None:
+    """The first reason to restart the group, looking only at pods of the current ``attempt`` (older ones
+    are the previous incident's, being deleted) that were not deleted before the last resume (those went
+    because of the suspension), and at progress (``stallSeconds``) while running."""
+    R = t.ConditionReason
+    pods = [p for p in observed.trainer_pods(attempt) if not _deleted_before(p.deletion_timestamp, resumed)]
+    for p in pods:
+        if p.node_lost:
+            return Incident(R.NODE_LOST, f"pod {p.name}: its node is unreachable ({p.disruption})")
+    for p in pods:
+        if p.disrupted:
+            why = p.disruption or ("Failed" if p.failed else "deleted")
+            return Incident(R.EVICTED, f"pod {p.name} was disrupted ({why})")
+    for p in pods:
+        code = p.last_exit_code("trainer")
+        if code is not None and code != 0:
+            return Incident(R.TRAINER_FAILED, f"pod {p.name}: the trainer exited with status {code}")
+    stall = job.spec.run_policy.stall_seconds
+    if stall is not None and progress is not None and (now - progress).total_seconds() >= stall:
+        return Incident(R.STALLED, f"the trainer step has not moved for {stall}s (runPolicy.stallSeconds)")
+    return None
+
+
+def _deleted_before(deletion: str | None, resumed: datetime.datetime | None) -> bool:
+    when = _parse(deletion)
+    return when is not None and resumed is not None and when <= resumed
+
+
 def verdict(
     job: t.MTPTrainingJob,
     observed: Observed,
@@ -71,60 +135,81 @@ def verdict(
     now: datetime.datetime,
     start_time: datetime.datetime | None,
     invalid: str | None = None,
+    *,
+    restarts: int = 0,
+    progress: datetime.datetime | None = None,
+    previous_running: t.Condition | None = None,
+    resumed: datetime.datetime | None = None,
 ) -> Verdict:
-    """The non-terminal decision table, first match wins."""
+    """The non-terminal decision table, first match wins. ``restarts`` is the group restart count so far
+    (the current attempt); ``progress`` when the step last moved while running (None when not running);
+    ``previous_running`` the stored Running condition (it carries the last restart's reason); ``resumed``
+    when the job was last resumed from a suspension."""
+    del metrics  # success comes from pod state only; metrics feed status numbers and the stall clock
     C = t.ConditionType
     R = t.ConditionReason
     policy = job.spec.run_policy
     if invalid is not None:
-        return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.INVALID_SPEC, invalid),))
-    bad_input_pod = observed.trainer_pod_with_exit(BAD_INPUT_EXIT_CODE)
+        return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.INVALID_SPEC, invalid),), restarts)
+    bad_input_pod = observed.trainer_pod_with_exit(contracts.EXIT_INVALID_SPEC, attempt=restarts)
     if bad_input_pod is not None:  # a restart would fail the same way: stop now, not at backoffLimit
         ns = f" -n {job.metadata.namespace}" if job.metadata.namespace else ""
         msg = (
-            f"the trainer exited with status {BAD_INPUT_EXIT_CODE} (bad input); look at the trainer pod's log, "
-            f"which names the field and the fix: kubectl logs{ns} {bad_input_pod} -c trainer --previous"
+            f"the trainer exited with status {contracts.EXIT_INVALID_SPEC} (bad input); look at the trainer pod's "
+            f"log, which names the field and the fix: kubectl logs{ns} {bad_input_pod} -c trainer --previous"
         )
-        return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.INVALID_SPEC, msg),))
-    restarts = observed.trainer_restarts()
-    if restarts > policy.backoff_limit:
-        msg = f"trainer pods restarted {restarts} times, more than backoffLimit {policy.backoff_limit}"
-        return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.BACKOFF_LIMIT_EXCEEDED, msg),))
-    deadline = policy.active_deadline_seconds
-    if deadline is not None and start_time is not None and (now - start_time).total_seconds() >= deadline:
-        msg = f"running longer than activeDeadlineSeconds {deadline}"
-        return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.DEADLINE_EXCEEDED, msg),))
-    step = metrics.trainer.step if metrics.trainer else None
-    max_steps = job.spec.trainer.hyperparameters.max_steps
+        return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.INVALID_SPEC, msg),), restarts)
     created = children_present(job, observed)
-    if step is not None and step >= max_steps:
-        return Verdict(
-            t.JobState.SUCCEEDED,
-            (
-                (C.CREATED, "True", R.CHILDREN_CREATED, ""),
-                (C.SUCCEEDED, "True", R.TRAINING_COMPLETED, f"trainer reached maxSteps {max_steps}"),
-            ),
-        )
     created_c: Cond = (
         (C.CREATED, "True", R.CHILDREN_CREATED, "")
         if created
         else (C.CREATED, "False", R.CHILDREN_CREATED, "creating children")
     )
+    done = completion(job, observed)
+    if done is not None:
+        msg = f"rank 0 made the final checkpoint and export durable and exited 0: {done}"
+        return Verdict(t.JobState.SUCCEEDED, (created_c, (C.SUCCEEDED, "True", R.TRAINING_COMPLETED, msg)), restarts)
     if policy.suspend:
         return Verdict(
             t.JobState.SUSPENDED,
             (created_c, (C.RUNNING, "False", R.SUSPENDED, ""), (C.SUSPENDED, "True", R.SUSPENDED, "")),
+            restarts,
         )
+    deadline = policy.active_deadline_seconds
+    if deadline is not None and start_time is not None and (now - start_time).total_seconds() >= deadline:
+        msg = f"running longer than activeDeadlineSeconds {deadline} since it started or was last resumed"
+        return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.DEADLINE_EXCEEDED, msg),), restarts)
+    incident = find_incident(job, observed, restarts, now, progress, resumed)
+    if incident is not None:
+        restarts += 1
+        if restarts > policy.backoff_limit:
+            msg = (
+                f"the trainer group needed restart {restarts}, more than backoffLimit {policy.backoff_limit}; "
+                f"last: {incident.reason}: {incident.message}"
+            )
+            return Verdict(t.JobState.FAILED, ((C.FAILED, "True", R.BACKOFF_LIMIT_EXCEEDED, msg),), restarts, incident)
     trainer_ready, rollout_ready = ready_counts(job, observed)
     want_rollout = job.spec.rollout.replicas if job.spec.rollout is not None else 0
-    ready = created and trainer_ready >= job.spec.trainer.replicas and rollout_ready >= want_rollout
-    running_c: Cond = (
-        (C.RUNNING, "True", R.PODS_READY, "")
-        if ready
-        else (C.RUNNING, "False", R.PODS_NOT_READY, f"trainer {trainer_ready}/{job.spec.trainer.replicas} ready")
+    ready = (
+        incident is None
+        and created
+        and trainer_ready >= job.spec.trainer.replicas
+        and rollout_ready >= want_rollout
+        and all(p.attempt == restarts for p in observed.trainer_pods())
     )
+    running_c: Cond
+    if ready:
+        running_c = (C.RUNNING, "True", R.PODS_READY, "")
+    elif incident is not None:
+        msg = f"restarting the trainer group (restart {restarts} of backoffLimit {policy.backoff_limit}): "
+        running_c = (C.RUNNING, "False", incident.reason, msg + incident.message)
+    elif previous_running is not None and previous_running.reason in RESTART_REASONS:
+        running_c = (C.RUNNING, "False", previous_running.reason, previous_running.message)
+    else:
+        msg = f"trainer {trainer_ready}/{job.spec.trainer.replicas} ready"
+        running_c = (C.RUNNING, "False", R.PODS_NOT_READY, msg)
     state = t.JobState.RUNNING if ready else t.JobState.CREATED if created else t.JobState.PENDING
-    return Verdict(state, (created_c, running_c, (C.SUSPENDED, "False", R.RESUMED, "")))
+    return Verdict(state, (created_c, running_c, (C.SUSPENDED, "False", R.RESUMED, "")), restarts, incident)
 
 
 def _conditions(
@@ -206,18 +291,45 @@ def compute_status(
         rl = _rl_status(metrics.rl) if metrics.rl is not None else old.rl if old is not None else None
     if old is not None and old.state in t.TERMINAL_STATES:
         return old.model_copy(update={"trainer": trainer, "rollout": rollout, "rl": rl})
+    # The deadline clock: cleared while suspended and started again at resume, as Job's startTime.
     start = _parse(old.start_time) if old else None
-    if start is None and not job.spec.run_policy.suspend and invalid is None:
+    if job.spec.run_policy.suspend:
+        start = None
+    elif start is None and invalid is None:
         start = now
-    decided = verdict(job, observed, metrics, now, start, invalid)
+    # The stall clock: when the step last moved while the group was running.
+    was_running = old is not None and old.state == t.JobState.RUNNING
+    moved = old is None or old.trainer is None or old.trainer.step != trainer.step
+    progress = _parse(old.last_progress_time) if was_running and not moved and old is not None else None
+    if was_running and progress is None:
+        progress = now
+    previous = {c.type: c for c in (old.conditions if old else [])}
+    suspended = previous.get(t.ConditionType.SUSPENDED)
+    resumed = None  # pods deleted by then went because of a suspension: no incident
+    if suspended is not None:
+        resumed = now if suspended.status == "True" else _parse(suspended.last_transition_time)
+    decided = verdict(
+        job,
+        observed,
+        metrics,
+        now,
+        start,
+        invalid,
+        restarts=old.restarts if old is not None else 0,
+        progress=progress,
+        previous_running=previous.get(t.ConditionType.RUNNING),
+        resumed=resumed,
+    )
     terminal = decided.state in t.TERMINAL_STATES
+    running = decided.state == t.JobState.RUNNING
     return t.MTPTrainingJobStatus(
         state=decided.state,
         conditions=_conditions(decided, old, now, generation),
         observed_generation=generation,
         start_time=_iso(start) if start else None,
         completion_time=_iso(now) if terminal else None,
-        restarts=observed.trainer_restarts(),
+        restarts=decided.restarts,
+        last_progress_time=_iso(progress or now) if running else None,
         trainer=trainer,
         rollout=rollout,
         rl=rl,

@@ -10,6 +10,8 @@ routing, discovery and error rendering (``KubernetesScaffold``) and replaces the
 Deliberate simplifications, documented so nobody relies on them: garbage collection is synchronous
 (the real one is eventual); no admission or schema validation; no controllers run, so tests set a
 StatefulSet's ``status.readyReplicas`` themselves through ``/status``; the event log is never compacted.
+Pods bound to a node (``spec.nodeName``) are deleted gracefully and, with no kubelet to confirm, stay
+Terminating until a delete with ``gracePeriodSeconds: 0``: a node that was lost, in effect.
 
 ``ApiCounters`` counts requests by verb so the benchmark can report requests and writes per job.
 """
@@ -333,7 +335,7 @@ class TestApiServer(kmock.KubernetesScaffold):
         self.objects[key] = obj
         self._emit(key, kind, obj)
         meta = obj["metadata"]
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not meta.get("deletionGracePeriodSeconds"):
             self._delete(key)
         return obj
 
@@ -391,9 +393,18 @@ class TestApiServer(kmock.KubernetesScaffold):
             meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         return self._store(key, "MODIFIED", new)
 
-    def _delete(self, key: Key) -> dict[str, Any]:
+    def _delete(self, key: Key, grace: int | None = None) -> dict[str, Any]:
         obj = self.objects[key]
         meta = obj["metadata"]
+        if key[2] == "pods" and (obj.get("spec") or {}).get("nodeName") and grace != 0:
+            # Graceful pod deletion: a pod bound to a node stays Terminating until its kubelet confirms
+            # (no kubelet runs here, so only a force delete, gracePeriodSeconds 0, removes it).
+            if not meta.get("deletionTimestamp"):
+                new = copy.deepcopy(obj)
+                new["metadata"]["deletionTimestamp"] = _now()
+                new["metadata"]["deletionGracePeriodSeconds"] = grace or 30
+                return self._store(key, "MODIFIED", new)
+            return obj
         if meta.get("finalizers"):
             if not meta.get("deletionTimestamp"):
                 new = copy.deepcopy(obj)
@@ -549,7 +560,8 @@ class TestApiServer(kmock.KubernetesScaffold):
 
     async def _serve_delete(self, request: kmock.Request) -> dict[str, Any]:
         self._pre(request)
-        return copy.deepcopy(self._delete(self._find_key(request)))
+        grace = (request.data or {}).get("gracePeriodSeconds") if isinstance(request.data, dict) else None
+        return copy.deepcopy(self._delete(self._find_key(request), grace))
 
 
 def kubeconfig(url: str) -> dict[str, Any]:

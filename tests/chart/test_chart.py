@@ -78,7 +78,8 @@ def test_default_install_is_cluster_wide_with_cluster_peering(helm: Path) -> Non
     role = by_kind(docs, "ClusterRole")[0]
     verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert verbs[("apps", "statefulsets")] == {"get", "list", "watch", "create", "patch"}  # no delete: GC does it
-    assert verbs[("", "pods")] == {"get", "list", "watch"}
+    assert verbs[("", "pods")] == {"get", "list", "watch", "delete"}  # group restarts, force-deleting lost pods
+    assert verbs[("", "events")] == {"create"}  # restarts, failures and success are Events
     assert ("", "secrets") not in verbs
     dep = by_kind(docs, "Deployment")[0]
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/mtp-io/mtp-operator:0.1.0"

@@ -123,7 +123,7 @@ def test_trainer_statefulset(
         "--master-port=$(MASTER_PORT)",
     ]
     assert cmd[8:12] == ["-m", "mtp_trainer.main", "--job", "/etc/mtpjob/job.yaml"]
-    assert cmd[-3:] == ["--output-dir", out_dir, "--hold-after-completion"]
+    assert cmd[-2:] == ["--output-dir", out_dir]  # no hold: a finished trainer exits 0 (batch semantics)
     assert out_dir in mounts(sts).values()
     assert sts["spec"]["serviceName"] == "demo-trainer" and sts["spec"]["replicas"] == job.spec.trainer.replicas
     assert volumes(sts)["dshm"]["emptyDir"] == {"medium": "Memory"} and mounts(sts)["dshm"] == "/dev/shm"
@@ -136,6 +136,42 @@ def test_trainer_statefulset(
     assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert sts["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH] == "h"
     assert sts["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    # batch semantics: all ranks restart together (OnDelete + the attempt label), the completion reaches
+    # the pod's status through the termination message, SIGTERM has the run policy's grace period
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert labels["mtp.io/restart-attempt"] == "0"
+    assert got["MTP_TERMINATION_MESSAGE_PATH"] == "/dev/termination-log"
+    assert container(sts)["terminationMessagePath"] == "/dev/termination-log"
+    assert container(sts)["terminationMessagePolicy"] == "File"
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+
+
+def test_group_restart_attempt_and_job_metadata_reach_the_pods() -> None:
+    def meta(body: dict[str, Any]) -> None:
+        body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "q", names.LABEL_COMPONENT: "mine"}
+        body["metadata"]["annotations"] = {"team": "ml", "kubectl.kubernetes.io/last-applied-configuration": "{}"}
+        body["spec"]["runPolicy"] = {"terminationGracePeriodSeconds": 600}
+
+    job = make(meta)
+    sts = build_trainer_statefulset(job, replicas=1, config_hash="h", attempt=3)
+    template = sts["spec"]["template"]
+    assert template["metadata"]["labels"] == {
+        "kueue.x-k8s.io/queue-name": "q",
+        "app.kubernetes.io/name": "mtptrainingjob",
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/component": "trainer",  # the operator's own label wins over the job's
+        "app.kubernetes.io/managed-by": "mtp-operator",
+        "app.kubernetes.io/part-of": "mtp",
+        "mtp.io/job-name": "demo",
+        "mtp.io/restart-attempt": "3",
+    }
+    assert template["metadata"]["annotations"] == {
+        "team": "ml",
+        "mtp.io/config-hash": "h",
+        "kubectl.kubernetes.io/default-container": "trainer",
+    }
+    assert sts["metadata"]["annotations"] == {"team": "ml"}  # kubectl's bookkeeping is not copied
+    assert template["spec"]["terminationGracePeriodSeconds"] == 600
 
 
 def vllm_args(model: str, *device: str) -> list[str]:
@@ -327,7 +363,7 @@ TRAINER_JOB_DOC = {
             "speculative": {"method": "mtp", "numSpeculativeTokens": 1},
             "tensorParallelSize": 1,
         },
-        "runPolicy": {"backoffLimit": 3, "suspend": False},
+        "runPolicy": {"backoffLimit": 3, "suspend": False, "terminationGracePeriodSeconds": 120},
         "trainer": {
             "data": {
                 "answerKey": "ground_truth",

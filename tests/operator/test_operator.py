@@ -94,7 +94,6 @@ def test_idle_reconciles_write_nothing(backend: Backend, job: dict[str, Any]) ->
     with backend.operator() as op:
         wait_for(lambda: all_children(backend))
         wait_state(backend, "Created")
-        wait_for(lambda: (backend.get(t.PLURAL, NAME) or {})["metadata"].get("finalizers"))  # Kopf's, once
         before_writes = backend.writes()
         before = metrics.RECONCILES.labels("child")._value.get()
         for i in range(5):  # pod events wake the job's reconcile; nothing about the job changed
@@ -188,9 +187,23 @@ def test_deleted_job_leaves_nothing_behind(backend: Backend, job: dict[str, Any]
         wait_for(lambda: all_children(backend))
         op.runtime.metrics.put_rollout(backend.namespace, NAME, t.RolloutStatus(acceptance_rate=0.5))
         backend.delete(t.PLURAL, NAME)
-        wait_for(lambda: backend.get(t.PLURAL, NAME) is None)  # the finalizer was released
+        wait_for(lambda: backend.get(t.PLURAL, NAME) is None)  # no finalizer to release
         wait_for(lambda: not any(backend.get(plural, name) for plural, name in CHILDREN))
         wait_for(lambda: len(op.runtime.metrics) == 0)
+
+
+def test_a_job_deletes_with_the_operator_stopped(backend: Backend, job: dict[str, Any]) -> None:
+    """No finalizer on jobs (no per-job Kopf timer or daemon): with the operator down or uninstalled, a
+    delete completes at once and the garbage collector removes the children through owner references."""
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: all_children(backend))
+        wait_state(backend, "Created")
+    body = backend.get(t.PLURAL, NAME)
+    assert body is not None and "finalizers" not in body["metadata"]
+    backend.delete(t.PLURAL, NAME)
+    wait_for(lambda: backend.get(t.PLURAL, NAME) is None)
+    wait_for(lambda: not any(backend.get(plural, name) for plural, name in CHILDREN))
 
 
 def test_restart_mid_reconcile_creates_no_duplicates(backend: Backend, job: dict[str, Any]) -> None:
@@ -221,7 +234,7 @@ def test_succeeded_state_sticks(backend: Backend, job: dict[str, Any]) -> None:
         op.runtime.metrics.put_trainer(
             backend.namespace, NAME, t.TrainerStatus(step=200, lm_loss=1.23456, mtp_loss=2.0)
         )
-        backend.patch(t.PLURAL, NAME, {"metadata": {"labels": {"poke": "1"}}})  # any event: the store is read
+        backend.apply("pods", _pod(f"{NAME}-trainer-0", restarts=0, last_exit_code=0, message=DONE))
         st = wait_state(backend, "Succeeded")
         assert st["trainer"]["step"] == 200 and st["trainer"]["lmLoss"] == 1.2346
         assert conditions(st)["Succeeded"]["reason"] == "TrainingCompleted"
@@ -270,13 +283,12 @@ def test_ttl_deletes_a_finished_job_after_the_ttl_and_not_before(
     monkeypatch.setattr(handlers, "reconcile", at_fake_time)
     job["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 100}
     backend.apply(t.PLURAL, job)
-    with backend.operator() as op:
+    with backend.operator():
         wait_for(lambda: all_children(backend))
         assert wait_state(backend, "Created")["startTime"] == "2026-01-01T00:00:00Z"
 
         clock[0] = t0 + datetime.timedelta(seconds=50)  # training finishes 50 s after the start
-        op.runtime.metrics.put_trainer(backend.namespace, NAME, t.TrainerStatus(step=200))
-        poke("1")
+        backend.apply("pods", _pod(f"{NAME}-trainer-0", restarts=0, last_exit_code=0, message=DONE))
         st = wait_state(backend, "Succeeded")
         assert st["completionTime"] == "2026-01-01T00:00:50Z"
 
@@ -299,11 +311,11 @@ def test_ttl_deletes_a_finished_job_after_the_ttl_and_not_before(
 def test_backoff_limit_fails_the_job_and_it_stays_failed(backend: Backend, job: dict[str, Any]) -> None:
     if backend.real:
         pytest.skip("restart counts come from real pods; not forced on a cluster")
-    job["spec"]["runPolicy"] = {"backoffLimit": 2}
+    job["spec"]["runPolicy"] = {"backoffLimit": 0}
     backend.apply(t.PLURAL, job)
     with backend.operator():
         wait_for(lambda: all_children(backend))
-        backend.apply("pods", _pod(f"{NAME}-trainer-0", restarts=3))
+        backend.apply("pods", _pod(f"{NAME}-trainer-0", restarts=3, last_exit_code=1))  # one incident > 0
         st = wait_state(backend, "Failed")
         assert conditions(st)["Failed"]["reason"] == "BackoffLimitExceeded"
         wait_for(lambda: (backend.get("deployments", f"{NAME}-rollout") or {})["spec"]["replicas"] == 0)
@@ -349,10 +361,13 @@ def _exposition() -> str:
     return generate_latest(metrics.REGISTRY).decode()
 
 
-def _pod(name: str, restarts: int, last_exit_code: int | None = None) -> dict[str, Any]:
+DONE = 'mtp-complete {"export": "/ckpt/hf", "step": 200}'  # rank 0's termination message after the export
+
+
+def _pod(name: str, restarts: int, last_exit_code: int | None = None, message: str = "") -> dict[str, Any]:
     container: dict[str, Any] = {"name": "trainer", "restartCount": restarts}
     if last_exit_code is not None:
-        container["lastState"] = {"terminated": {"exitCode": last_exit_code}}
+        container["lastState"] = {"terminated": {"exitCode": last_exit_code, "message": message}}
     return {
         "apiVersion": "v1",
         "kind": "Pod",

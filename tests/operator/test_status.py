@@ -39,6 +39,15 @@ def with_restarts(n: int, exit_code: int | None = None, component: str = "traine
     return Observed(children().children, (pod,))
 
 
+def with_pod(ready: int = 1, **pod: Any) -> Observed:
+    """All children with ``ready`` trainer replicas, and trainer pod 0 as given (attempt 0)."""
+    fields: dict[str, Any] = {"ready": True, "restarts": 0, "failed": False} | pod
+    return Observed(children(ready, 1).children, (PodState("demo-trainer-0", "trainer", **fields),))
+
+
+DONE = 'mtp-complete {"export": "/ckpt/hf", "step": 200}'
+
+
 CASES = [
     # id, job, observed, metrics, seconds after T0, state, (condition, reason)
     ("pending", job(), children(missing="Deployment"), JobMetrics(), 0, "Pending", ("Created", "ChildrenCreated")),
@@ -46,8 +55,54 @@ CASES = [
     ("running", job(), children(1, 1), JobMetrics(), 0, "Running", ("Running", "PodsReady")),
     ("rollout-not-ready", job(), children(1, 0), JobMetrics(), 0, "Created", ("Running", "PodsNotReady")),
     ("suspended", job(suspend=True), children(1, 1), JobMetrics(), 0, "Suspended", ("Suspended", "Suspended")),
-    ("backoff", job(backoffLimit=1), with_restarts(2), JobMetrics(), 0, "Failed", ("Failed", "BackoffLimitExceeded")),
-    ("within-backoff", job(backoffLimit=2), with_restarts(2), JobMetrics(), 0, "Created", ("Running", "PodsNotReady")),
+    # a crash of attempt 0 is restart 1 of the group: more than backoffLimit 0, within 2
+    (
+        "backoff",
+        job(backoffLimit=0),
+        with_restarts(3, 1),
+        JobMetrics(),
+        0,
+        "Failed",
+        ("Failed", "BackoffLimitExceeded"),
+    ),
+    (
+        "within-backoff",
+        job(backoffLimit=2),
+        with_restarts(3, 1),
+        JobMetrics(),
+        0,
+        "Created",
+        ("Running", "TrainerFailed"),
+    ),
+    # container restarts alone (an exit 0 of a finished rank, say) are no incident
+    (
+        "restarts-exit-0",
+        job(backoffLimit=0),
+        with_restarts(3, 0),
+        JobMetrics(),
+        0,
+        "Created",
+        ("Running", "PodsNotReady"),
+    ),
+    ("evicted", job(), with_pod(failed=True, disruption="Evicted"), JobMetrics(), 0, "Created", ("Running", "Evicted")),
+    (
+        "node-lost",
+        job(),
+        with_pod(deletion_timestamp="2026-01-01T00:00:00Z", disruption="DeletionByTaintManager"),
+        JobMetrics(),
+        0,
+        "Created",
+        ("Running", "NodeLost"),
+    ),
+    (
+        "preempted",
+        job(),
+        with_pod(disruption="PreemptionByScheduler", deletion_timestamp="2026-01-01T00:00:00Z"),
+        JobMetrics(),
+        0,
+        "Created",
+        ("Running", "Evicted"),
+    ),
     (
         "bad-input-exit-2",
         job(backoffLimit=5),
@@ -73,7 +128,7 @@ CASES = [
         JobMetrics(),
         0,
         "Created",
-        ("Running", "PodsNotReady"),
+        ("Running", "TrainerFailed"),
     ),
     (
         "rollout-exit-2-ignored",
@@ -94,13 +149,49 @@ CASES = [
         ("Failed", "DeadlineExceeded"),
     ),
     (
+        "deadline-not-while-suspended",
+        job(activeDeadlineSeconds=60, suspend=True),
+        children(1, 1),
+        JobMetrics(),
+        61,
+        "Suspended",
+        ("Suspended", "Suspended"),
+    ),
+    (
         "succeeded",
+        job(),
+        with_pod(last_exit_codes=(("trainer", 0),), completion=DONE.removeprefix("mtp-complete ")),
+        JobMetrics(),
+        0,
+        "Succeeded",
+        ("Succeeded", "TrainingCompleted"),
+    ),
+    (
+        "succeeded-beats-deadline",
+        job(activeDeadlineSeconds=60),
+        with_pod(last_exit_codes=(("trainer", 0),), completion="{}"),
+        JobMetrics(),
+        61,
+        "Succeeded",
+        ("Succeeded", "TrainingCompleted"),
+    ),
+    (
+        "metric-never-decides",
         job(),
         children(1, 1),
         JobMetrics(trainer=t.TrainerStatus(step=200)),
         0,
-        "Succeeded",
-        ("Succeeded", "TrainingCompleted"),
+        "Running",
+        ("Running", "PodsReady"),
+    ),
+    (
+        "exit-0-without-marker-is-not-success",
+        job(),
+        with_pod(last_exit_codes=(("trainer", 0),)),
+        JobMetrics(trainer=t.TrainerStatus(step=200)),
+        0,
+        "Running",
+        ("Running", "PodsReady"),
     ),
     (
         "not-yet",
@@ -148,7 +239,8 @@ def test_transition_time_moves_only_on_change() -> None:
 
 
 def test_terminal_state_sticks_while_numbers_move() -> None:
-    done = compute_status(job(), None, children(1, 1), JobMetrics(trainer=t.TrainerStatus(step=200)), T0, generation=1)
+    finished = with_pod(last_exit_codes=(("trainer", 0),), completion="{}")
+    done = compute_status(job(), None, finished, JobMetrics(trainer=t.TrainerStatus(step=200)), T0, generation=1)
     later = compute_status(
         job(suspend=True),
         done,
@@ -265,11 +357,136 @@ def test_sft_has_no_rl_block() -> None:
 
 
 def test_rl_block_moves_after_success() -> None:
+    rank0 = PodState("demo-trainer-0", "trainer", False, 0, False, last_exit_codes=(("trainer", 0),), completion="{}")
+    finished = Observed(rlvr_children().children, (rank0,))
     done = compute_status(
-        rlvr_job(), None, rlvr_children(), JobMetrics(trainer=t.TrainerStatus(step=200), rl=RL), T0, generation=1
+        rlvr_job(), None, finished, JobMetrics(trainer=t.TrainerStatus(step=200), rl=RL), T0, generation=1
     )
     assert done.state == "Succeeded" and done.rl is not None and done.rl.step == 7
     last = RL.model_copy(update={"step": 200, "reward_mean": 0.9})
     later = compute_status(rlvr_job(), done, rlvr_children(), JobMetrics(rl=last), T0, generation=1)
     assert later.state == "Succeeded" and later.rl is not None
     assert (later.rl.step, later.rl.reward_mean) == (200, 0.9)
+
+
+def test_summarize_pod_reads_attempt_completion_and_disruption() -> None:
+    def pod(terminated: dict[str, Any], **meta: Any) -> PodState:
+        return summarize_pod(
+            {
+                "metadata": {
+                    "name": "demo-trainer-0",
+                    "labels": {"app.kubernetes.io/component": "trainer", "mtp.io/restart-attempt": "3"},
+                    **meta,
+                },
+                "status": {
+                    "phase": "Running",
+                    "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}],
+                    "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
+                },
+            }
+        )
+
+    done = pod({"exitCode": 0, "message": DONE}, deletionTimestamp="2026-01-01T00:00:00Z")
+    assert (done.attempt, done.completion) == (3, '{"export": "/ckpt/hf", "step": 200}')
+    assert (done.disruption, done.node_lost, done.deletion_timestamp) == (
+        "DeletionByTaintManager",
+        True,
+        "2026-01-01T00:00:00Z",
+    )
+    assert done.stuck_terminating(T0)  # on a lost node: stuck at once
+    assert pod({"exitCode": 1, "message": DONE}).completion is None  # the message alone is not success
+    assert pod({"exitCode": 0}).completion is None  # nor is exit 0 alone
+
+
+def test_a_pod_past_its_grace_period_is_stuck() -> None:
+    pod = PodState(
+        "p", "trainer", False, 0, False, deletion_timestamp="2026-01-01T00:00:00Z", deletion_grace_seconds=30
+    )
+    assert not pod.stuck_terminating(T0 + datetime.timedelta(seconds=89))
+    assert pod.stuck_terminating(T0 + datetime.timedelta(seconds=90))  # grace 30 + 60
+
+
+def test_an_incident_counts_once_and_pods_of_older_attempts_are_ignored() -> None:
+    crashed = with_restarts(4, 1)  # attempt 0
+    a = compute_status(job(backoffLimit=3), None, crashed, JobMetrics(), T0, generation=1)
+    assert a.restarts == 1
+    b = compute_status(job(backoffLimit=3), a, crashed, JobMetrics(), T0 + datetime.timedelta(minutes=1), generation=1)
+    assert b.restarts == 1 and b.state == "Created"  # the same crash, seen again: no second restart
+    running = {str(c.type): c for c in b.conditions}["Running"]
+    assert (running.reason, running.message) == (
+        "TrainerFailed",
+        "restarting the trainer group (restart 1 of backoffLimit 3): pod demo-trainer-0: the trainer exited with status 1",
+    )
+    new_crash = Observed(
+        children().children,
+        (PodState("demo-trainer-0", "trainer", False, 1, False, last_exit_codes=(("trainer", 137),), attempt=1),),
+    )
+    c = compute_status(
+        job(backoffLimit=3), b, new_crash, JobMetrics(), T0 + datetime.timedelta(minutes=2), generation=1
+    )
+    assert c.restarts == 2
+
+
+def test_stall_watchdog_fires_only_after_stall_seconds_without_progress() -> None:
+    j = job(stallSeconds=100)
+
+    def at(old: t.MTPTrainingJobStatus | None, step: int, seconds: int) -> t.MTPTrainingJobStatus:
+        m = JobMetrics(trainer=t.TrainerStatus(step=step))
+        return compute_status(j, old, children(1, 1), m, T0 + datetime.timedelta(seconds=seconds), generation=1)
+
+    a = at(None, 10, 0)
+    assert (a.state, a.last_progress_time) == ("Running", "2026-01-01T00:00:00Z")
+    b = at(a, 20, 50)  # the step moved: the clock restarts
+    assert (b.state, b.last_progress_time) == ("Running", "2026-01-01T00:00:50Z")
+    c = at(b, 20, 149)
+    assert (c.state, c.restarts) == ("Running", 0)
+    d = at(c, 20, 150)
+    assert (d.state, d.restarts, d.last_progress_time) == ("Created", 1, None)
+    assert {str(x.type): x.reason for x in d.conditions}["Running"] == "Stalled"
+
+
+def test_suspend_resets_the_deadline_clock() -> None:
+    def at(old: t.MTPTrainingJobStatus | None, seconds: int, **policy: Any) -> t.MTPTrainingJobStatus:
+        j = job(activeDeadlineSeconds=100, **policy)
+        return compute_status(
+            j, old, children(1, 1), JobMetrics(), T0 + datetime.timedelta(seconds=seconds), generation=1
+        )
+
+    a = at(None, 0)
+    s = at(a, 90, suspend=True)
+    assert (s.state, s.start_time) == ("Suspended", None)
+    later = at(s, 1000, suspend=True)
+    assert later.state == "Suspended"  # a suspended (queued) job never fails its deadline
+    r = at(later, 1000)
+    assert (r.state, r.start_time) == ("Running", "2026-01-01T00:16:40Z")
+    assert at(r, 1099).state == "Running"
+    assert at(r, 1100).state == "Failed"
+
+
+def test_pods_deleted_by_a_suspension_are_no_incident_after_the_resume() -> None:
+    j = job()
+    first = compute_status(j, None, children(1, 1), JobMetrics(), T0, generation=1)
+    held = compute_status(
+        job(suspend=True), first, children(0, 0), JobMetrics(), T0 + datetime.timedelta(minutes=1), generation=2
+    )
+    # resumed while rank 0 of the suspension is still terminating (SIGTERM: it saved and exits 143)
+    going = PodState(
+        "demo-trainer-0", "trainer", False, 0, False, last_exit_codes=(("trainer", 143),),
+        deletion_timestamp="2026-01-01T00:01:00Z",
+    )  # fmt: skip
+    obs = Observed(children(0, 0).children, (going,))
+    resumed = compute_status(j, held, obs, JobMetrics(), T0 + datetime.timedelta(minutes=2), generation=3)
+    assert (resumed.state, resumed.restarts) == ("Created", 0)
+    later = compute_status(j, resumed, obs, JobMetrics(), T0 + datetime.timedelta(minutes=3), generation=3)
+    assert later.restarts == 0
+    # a pod deleted after the resume is an incident again
+    evicted = PodState("demo-trainer-0", "trainer", False, 0, False, deletion_timestamp="2026-01-01T00:02:30Z")
+    hit = compute_status(
+        j,
+        later,
+        Observed(children(0, 0).children, (evicted,)),
+        JobMetrics(),
+        T0 + datetime.timedelta(minutes=4),
+        generation=3,
+    )
+    assert hit.restarts == 1

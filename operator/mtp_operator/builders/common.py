@@ -30,6 +30,8 @@ def owner_reference(job: t.MTPTrainingJob) -> dict[str, Any] | None:
 
 def metadata(job: t.MTPTrainingJob, name: str, component: str) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "labels": names.labels(job, component)}
+    if names.job_annotations(job):
+        meta["annotations"] = names.job_annotations(job)
     if job.metadata.namespace:
         meta["namespace"] = job.metadata.namespace
     ref = owner_reference(job)

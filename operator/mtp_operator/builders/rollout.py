@@ -92,7 +92,8 @@ def build_rollout_deployment(job: t.MTPTrainingJob, *, replicas: int, config_has
             "template": {
                 "metadata": {
                     "labels": names.labels(job, names.COMPONENT_ROLLOUT),
-                    "annotations": {
+                    "annotations": names.job_annotations(job)
+                    | {
                         names.ANNOTATION_CONFIG_HASH: config_hash,
                         "kubectl.kubernetes.io/default-container": "vllm",
                     },

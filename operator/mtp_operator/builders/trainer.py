@@ -2,8 +2,11 @@
 
 A StatefulSet (not a Job) gives every pod a stable DNS name through the headless Service, so rank 0
 is always ``<job>-trainer-0.<job>-trainer``, and gives the pod index as a label, which becomes
-``NODE_RANK`` through the downward API. ``$(VAR)`` references in the command are expanded by the
-kubelet from the container's env, so the command stays the same for every pod.
+``NODE_RANK`` through the downward API. Its update strategy is ``OnDelete``: a template change never
+rolls ranks one by one (which would break the world at every step); the operator restarts the whole
+group by deleting every pod of an older ``mtp.io/restart-attempt`` (see ``reconcile.py``).
+``$(VAR)`` references in the command are expanded by the kubelet from the container's env, so the
+command stays the same for every pod.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def trainer_env(job: t.MTPTrainingJob) -> list[dict[str, Any]]:
         {"name": "NPROC_PER_NODE", "value": str(max(tr.gpus_per_replica, 1))},
         {"name": contracts.ENV_JOB_NAME, "value": job.metadata.name},
         {"name": contracts.ENV_METRICS_PORT, "value": str(tr.metrics_port)},
+        {"name": contracts.ENV_TERMINATION_MESSAGE_PATH, "value": contracts.TERMINATION_MESSAGE_PATH},
     ]
     model = source_model_path(job)
     if model is not None:
@@ -57,8 +61,9 @@ def trainer_env(job: t.MTPTrainingJob) -> list[dict[str, Any]]:
 
 def trainer_command(job: t.MTPTrainingJob) -> list[str]:
     """torchrun through ``mtp_trainer.launch``, which keeps the trainer's exit status 2 (bad input) for
-    status to read; ``--hold-after-completion`` keeps a finished trainer serving ``mtp_trainer_step``
-    until the operator scales the StatefulSet down, instead of exiting into a restart loop."""
+    status to read. A finished trainer writes its completion into the termination message and exits 0;
+    the operator reads that from the pod and scales the StatefulSet down (a restarted, finished trainer
+    only repeats the message and exits)."""
     return [
         "python",
         "-m",
@@ -74,7 +79,6 @@ def trainer_command(job: t.MTPTrainingJob) -> list[str]:
         f"{names.CONFIG_MOUNT_DIR}/{names.CONFIG_FILE}",
         "--output-dir",
         output_dir(job),
-        "--hold-after-completion",
     ]
 
 
@@ -93,8 +97,11 @@ def trainer_volumes(job: t.MTPTrainingJob) -> tuple[list[dict[str, Any]], list[d
     return [v for v, _ in pairs], [m for _, m in pairs]
 
 
-def build_trainer_statefulset(job: t.MTPTrainingJob, *, replicas: int, config_hash: str) -> dict[str, Any]:
-    """``replicas`` is the spec's, or 0 when suspended or finished; the caller decides."""
+def build_trainer_statefulset(
+    job: t.MTPTrainingJob, *, replicas: int, config_hash: str, attempt: int = 0
+) -> dict[str, Any]:
+    """``replicas`` is the spec's, or 0 when suspended or finished; ``attempt`` is the group restart count
+    (``status.restarts``); the caller decides both."""
     tr = job.spec.trainer
     volumes, mounts = trainer_volumes(job)
     container: dict[str, Any] = {
@@ -114,11 +121,13 @@ def build_trainer_statefulset(job: t.MTPTrainingJob, *, replicas: int, config_ha
         },
         "volumeMounts": mounts,
         "securityContext": common.container_security_context(),
+        "terminationMessagePath": contracts.TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "File",
     }
     res = common.resources(tr.resources, tr.gpus_per_replica)
     if res:
         container["resources"] = res
-    labels = names.labels(job, names.COMPONENT_TRAINER)
+    labels = names.labels(job, names.COMPONENT_TRAINER) | {names.LABEL_RESTART_ATTEMPT: str(attempt)}
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -127,18 +136,20 @@ def build_trainer_statefulset(job: t.MTPTrainingJob, *, replicas: int, config_ha
             "serviceName": names.trainer(job),
             "replicas": replicas,
             "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
             "selector": {"matchLabels": names.selector(job, names.COMPONENT_TRAINER)},
             "template": {
                 "metadata": {
                     "labels": labels,
-                    "annotations": {
+                    "annotations": names.job_annotations(job)
+                    | {
                         names.ANNOTATION_CONFIG_HASH: config_hash,
                         "kubectl.kubernetes.io/default-container": "trainer",
                     },
                 },
                 "spec": {
                     "securityContext": common.pod_security_context(),
-                    "terminationGracePeriodSeconds": 60,
+                    "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,
                     "containers": [container],
                     "volumes": volumes,
                 },
