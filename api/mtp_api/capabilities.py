@@ -37,7 +37,33 @@ def capability_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Find
         )
     errors += trainer_findings(job)
     rl_errors, warnings = rlvr_findings(job)
-    return errors + rl_errors, warnings
+    return errors + rl_errors, strategy_warnings(job) + warnings
+
+
+def strategy_warnings(job: t.MTPTrainingJob) -> list[Finding]:
+    """Strategy switches this release's trainer accepts but does not apply, said out loud.
+    (``recompute`` is applied: Megatron's activation recompute, full or selective.)"""
+    strat = job.spec.trainer.strategy
+    out: list[Finding] = []
+    if strat.sequence_parallel:
+        out.append(
+            Finding(
+                "spec.trainer.strategy.sequenceParallel",
+                "is not applied by this release: the trainer builds Megatron's local (non-Transformer-Engine) "
+                "layers, whose torch RMSNorm refuses sequence parallel; activations stay replicated across the "
+                "tensor-parallel group (more memory, same result)",
+            )
+        )
+    if strat.distributed_optimizer:
+        out.append(
+            Finding(
+                "spec.trainer.strategy.distributedOptimizer",
+                "is not applied by this release: the trainer's plain PyTorch loop keeps the full AdamW state on "
+                "every data-parallel rank (Megatron's distributed optimizer needs its CUDA DDP buffers); "
+                "budget optimizer memory per rank accordingly",
+            )
+        )
+    return out
 
 
 # What the SFT reader parses: JSON Lines only (data.load_conversations); these are refused by name.

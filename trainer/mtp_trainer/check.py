@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mtp_api import types as t
-from mtp_api.validation import load_job
+from mtp_api.validation import load_job, validate_file
 from mtp_trainer import families
 from mtp_trainer.config import ConfigError, ModelConfig, TrainerConfig, from_job
 from mtp_trainer.model_provider import ModelProvider
@@ -150,6 +150,7 @@ def _data_plan(job: t.MTPTrainingJob, cfg: TrainerConfig) -> dict[str, Any]:
 def plan(job_file: Path) -> dict[str, Any]:
     """Everything the trainer would build for ``job_file``; raises on the first thing it cannot run."""
     job = load_job(job_file)
+    (report,) = validate_file(job_file)  # load_job passed: one document, no errors; keep its warnings
     tr = job.spec.trainer
     world = tr.world_size()
     cfg = from_job(job, base_dir=job_file.resolve().parent, world_size=world)
@@ -171,4 +172,5 @@ def plan(job_file: Path) -> dict[str, Any]:
         },
         "data": _data_plan(job, cfg),
         "steps": cfg.optim.max_steps,
+        "warnings": [str(w) for w in report.warnings],
     }

@@ -134,6 +134,7 @@ class DataConfig:
 class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    recompute: str = t.Recompute.NONE.value
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
             seed=hp.seed,
             base_dir=str(base),
         ),
-        parallel=ParallelConfig(strat.tensor_parallel_size, strat.pipeline_parallel_size),
+        parallel=ParallelConfig(strat.tensor_parallel_size, strat.pipeline_parallel_size, str(strat.recompute)),
         schedule=ScheduleConfig(save_steps=hp.save_steps, eval_steps=hp.eval_steps),
         metrics=MetricsConfig(port=tr.metrics_port, job=job.metadata.name, namespace=job.metadata.namespace or ""),
         seed=hp.seed,

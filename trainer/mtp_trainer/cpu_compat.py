@@ -26,6 +26,11 @@ workarounds, measured on megatron-core 0.16.1 + torch 2.13 CPU (see /work/shared
    ``nn.Conv1d``). The l2norm stand-in is fla's (and transformers') formula exactly,
    ``x * rsqrt(sum(x^2) + 1e-6)``. Its ``conv1d``/``A_log``/``dt_bias`` are created on
    ``torch.cuda.current_device()``, which workaround 1 answers on CPU.
+8. Activation recompute (``spec.trainer.strategy.recompute``): Megatron's ``CheckpointFunction``
+   saves and restores the CUDA RNG state around the recomputed forward
+   (``tensor_parallel/random.py: _get_cuda_rng_state / _set_cuda_rng_state``), which raises without
+   CUDA. On CPU there is no CUDA RNG to keep: an empty state and a no-op restore (the CPU RNG is still
+   saved and restored by the same function). Installed by :func:`apply`, only when CUDA is absent.
 """
 
 from __future__ import annotations
@@ -52,6 +57,16 @@ def apply() -> None:
         return "cpu"
 
     torch.cuda.current_device = _current_device  # type: ignore[assignment]
+    from megatron.core.tensor_parallel import random as tp_random
+
+    def _no_cuda_rng_state(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.empty(0, dtype=torch.uint8)
+
+    def _no_cuda_rng_restore(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    tp_random._get_cuda_rng_state = _no_cuda_rng_state
+    tp_random._set_cuda_rng_state = _no_cuda_rng_restore
     _PATCHED = True
 
 

@@ -159,14 +159,15 @@ def run(args: argparse.Namespace) -> int:
         )
 
     torch.manual_seed(cfg.seed)
-    model = family.provider(cfg.model, cfg.parallel.tensor_parallel_size, cfg.mtp.loss_scaling_factor).provide()
+    par = cfg.parallel
+    model = family.provider(cfg.model, par.tensor_parallel_size, cfg.mtp.loss_scaling_factor, par.recompute).provide()
     if cfg.source.kind == "path" and resume_from is None:
         assert cfg.source.path is not None
         hf_import.load_into(model, Path(cfg.source.path), cfg.model)
     if problems is not None:
         metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
         _announce(cfg, model, info, metrics, resume_from, problems=(len(problems[0]), len(problems[1])))
-        provider = family.provider(cfg.model, cfg.parallel.tensor_parallel_size, cfg.mtp.loss_scaling_factor)
+        provider = family.provider(cfg.model, par.tensor_parallel_size, cfg.mtp.loss_scaling_factor, par.recompute)
         rlvr.run(cfg, model, tok, out_dir, metrics, info.device, problems, resume_from, provider.provide)
         return _finish(cfg, model, tok, out_dir, metrics, info)
 

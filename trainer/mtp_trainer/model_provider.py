@@ -32,6 +32,14 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from mtp_trainer import cpu_compat
 from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION, ConfigError, ModelConfig
 
+# spec.trainer.strategy.recompute -> TransformerConfig: "full" recomputes each transformer layer (and
+# the MTP layer) in backward, "selective" only the core attention (Megatron's default module list).
+RECOMPUTE: dict[str, dict[str, Any]] = {
+    "none": {},
+    "selective": {"recompute_granularity": "selective"},
+    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+}
+
 
 @dataclass(frozen=True)
 class ModelProvider:
@@ -40,6 +48,7 @@ class ModelProvider:
     model: ModelConfig
     tensor_parallel_size: int = 1
     mtp_loss_scaling_factor: float = 0.3
+    recompute: str = "none"  # spec.trainer.strategy.recompute: none | selective | full
 
     def transformer_config(self) -> TransformerConfig:
         m = self.model
@@ -71,6 +80,7 @@ class ModelProvider:
             # mtp_modes applies the factor itself; kept equal so GPTModel.forward computes the same loss.
             "mtp_loss_scaling_factor": self.mtp_loss_scaling_factor,
         }
+        kwargs.update(RECOMPUTE[self.recompute])
         if m.is_hybrid():
             nk, nv, dk, dv = m.linear_dims()
             kwargs.update(

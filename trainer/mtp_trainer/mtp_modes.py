@@ -167,6 +167,11 @@ def forward(
     h = hidden
     if standalone:
         h = hidden.detach()  # cut 1: trunk hidden state into depth 1
+        if torch.is_grad_enabled():
+            # A leaf that wants a gradient (it goes nowhere): with activation recompute the MTP layer runs
+            # inside Megatron's CheckpointFunction, whose output needs an input that requires grad, or
+            # the MTP weights would silently get none.
+            h.requires_grad_()
 
         def embed(input_ids: Tensor, position_ids: Tensor) -> Tensor:  # cut 2: shifted-token embedding
             return model.embedding(input_ids=input_ids, position_ids=position_ids).detach()

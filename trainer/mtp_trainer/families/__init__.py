@@ -26,9 +26,11 @@ class Family:
     hf_config: Callable[[ModelConfig, dict[str, Any]], dict[str, Any]]
     model_config_from_hf: Callable[[dict[str, Any], str, str], ModelConfig]
 
-    def provider(self, model: ModelConfig, tensor_parallel_size: int = 1, mtp_scale: float = 0.3) -> ModelProvider:
-        # Both current families share the dense Qwen3.5/Qwen3-Next Megatron layout.
-        return ModelProvider(model, tensor_parallel_size, mtp_scale)
+    def provider(
+        self, model: ModelConfig, tensor_parallel_size: int = 1, mtp_scale: float = 0.3, recompute: str = "none"
+    ) -> ModelProvider:
+        # Every family shares the Qwen3.5/Qwen3-Next Megatron layout (dense, optionally hybrid).
+        return ModelProvider(model, tensor_parallel_size, mtp_scale, recompute)
 
 
 REGISTRY: dict[str, Family] = {
