@@ -1,0 +1,149 @@
+"""The operator-level periodic loop (no per-job Kopf timer or daemon): what it runs, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import pytest
+
+from mtp_api import types as t
+from mtp_operator import handlers
+from mtp_operator import reconcile as reconcile_module
+from mtp_operator.periodic import Periodic, paused_by_peers
+from mtp_operator.settings import OperatorConfig
+from tests.apiserver.harness import wait_for
+from tests.operator.backends import Backend, KmockBackend
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
+
+
+class FakeScraper:
+    def __init__(self, key: tuple[str, str], log: list[Any]) -> None:
+        self.key, self.log = key, log
+
+    async def round(self, job: Any, pods: Any) -> None:
+        self.log.append(("scrape", self.key, list(pods)))
+
+    def close(self) -> None:
+        self.log.append(("close", self.key))
+
+
+def test_rounds_run_when_due_and_scrapers_of_gone_jobs_are_closed() -> None:
+    clock = [0.0]
+    log: list[Any] = []
+    jobs: dict[tuple[str, str], Any] = {("ns", "a"): [{}], ("ns", "b"): [{}]}
+
+    async def resync(key: tuple[str, str]) -> None:
+        log.append(("resync", key))
+
+    loop = Periodic(
+        scrape_seconds=10,
+        resync_seconds=30,
+        jobs=jobs,
+        pods={("ns", "a"): ["pod-a"]},
+        typed_job=lambda key: object(),
+        make_scraper=lambda key: FakeScraper(key, log),  # type: ignore[arg-type,return-value]
+        resync=resync,
+        clock=lambda: clock[0],
+    )
+    assert loop.interval == 10
+    asyncio.run(loop.tick())
+    assert log == []  # nothing due at the start
+    clock[0] = 10
+    asyncio.run(loop.tick())
+    assert log == [("scrape", ("ns", "a"), ["pod-a"]), ("scrape", ("ns", "b"), [])]
+    log.clear()
+    del jobs[("ns", "b")]
+    clock[0] = 30
+    asyncio.run(loop.tick())
+    assert log == [("close", ("ns", "b")), ("scrape", ("ns", "a"), ["pod-a"]), ("resync", ("ns", "a"))]
+
+
+def test_a_failing_resync_does_not_stop_the_others() -> None:
+    done: list[tuple[str, str]] = []
+
+    async def resync(key: tuple[str, str]) -> None:
+        if key[1] == "bad":
+            raise RuntimeError("boom")
+        done.append(key)
+
+    loop = Periodic(
+        scrape_seconds=0,
+        resync_seconds=1,
+        jobs={("ns", "bad"): [{}], ("ns", "good"): [{}]},
+        pods={},
+        typed_job=lambda key: None,
+        make_scraper=lambda key: None,  # type: ignore[arg-type,return-value]
+        resync=resync,
+        clock=iter([0.0, 1.0]).__next__,
+    )
+    asyncio.run(loop.tick())
+    assert done == [("ns", "good")]
+
+
+@pytest.mark.parametrize(
+    ("peers", "paused"),
+    [
+        ({}, False),
+        ({"me": {"priority": 5, "lifetime": 60, "lastseen": "2026-01-01T11:59:30+00:00"}}, False),
+        (
+            {
+                "me": {"priority": 5, "lifetime": 60, "lastseen": "2026-01-01T11:59:30+00:00"},
+                "other": {"priority": 9, "lifetime": 60, "lastseen": "2026-01-01T11:59:30+00:00"},
+            },
+            True,
+        ),
+        (  # the higher peer stopped sending keep-alives: it is dead
+            {
+                "me": {"priority": 5, "lifetime": 60, "lastseen": "2026-01-01T11:59:30+00:00"},
+                "other": {"priority": 9, "lifetime": 60, "lastseen": "2026-01-01T11:58:00+00:00"},
+            },
+            False,
+        ),
+        (  # two replicas with one priority: both pause, as Kopf does
+            {
+                "me": {"priority": 5, "lifetime": 60, "lastseen": "2026-01-01T11:59:30+00:00"},
+                "twin": {"priority": 5, "lifetime": 60, "lastseen": "2026-01-01T11:59:30+00:00"},
+            },
+            True,
+        ),
+    ],
+)
+def test_paused_by_peers_follows_kopfs_rule(peers: dict[str, Any], paused: bool) -> None:
+    assert paused_by_peers(peers, 5, NOW) is paused
+
+
+def test_the_loop_resyncs_jobs_without_any_event(job: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """activeDeadlineSeconds fires from the periodic resync alone (time passes, nothing else happens)."""
+    t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    clock = [t0]
+    real = handlers.reconcile
+    triggers: list[str] = []
+
+    async def at_fake_time(body: Any, observed: Any, runtime: Any, kube: Any, now: Any) -> reconcile_module.Outcome:
+        return await real(body, observed, runtime, kube, clock[0])
+
+    monkeypatch.setattr(handlers, "reconcile", at_fake_time)
+    monkeypatch.setattr(handlers.metrics.RECONCILES, "labels", lambda trigger: triggers.append(trigger) or _Inc())
+    job["spec"]["runPolicy"] = {"activeDeadlineSeconds": 100}
+    config = OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=0.2, scrape_seconds=0)
+    with KmockBackend() as backend:
+        backend.apply(t.PLURAL, job)
+        with backend.operator(config):
+            wait_for(lambda: _state(backend) == "Created")
+            clock[0] = t0 + datetime.timedelta(seconds=100)  # no event from here on: only the loop reconciles
+            wait_for(lambda: _state(backend) == "Failed")
+        body = backend.get(t.PLURAL, "demo")
+        assert body is not None and "finalizers" not in body["metadata"]
+    assert "timer" in triggers
+
+
+class _Inc:
+    def inc(self) -> None:
+        pass
+
+
+def _state(backend: Backend) -> str | None:
+    return ((backend.get(t.PLURAL, "demo") or {}).get("status") or {}).get("state")
