@@ -196,3 +196,98 @@ def test_hybrid_refuses_tensor_parallel() -> None:
 
     with pytest.raises(ConfigError, match="tensorParallelSize"):
         ModelProvider(replace(HYBRID, num_key_value_heads=2, num_attention_heads=2), tensor_parallel_size=2).check()
+
+
+# ------------------------------------------------------------------ vLLM CPU serving (bfloat16)
+
+SERVED = replace(
+    HYBRID,
+    family="qwen3_next",  # the flavour vLLM loads on CPU (with the rollout's dense-MLP plugin)
+    hidden_size=128,
+    num_attention_heads=2,
+    head_dim=64,  # vLLM CPU attention head dims include 64
+    ffn_hidden_size=256,
+    vocab_size=512,
+    linear_num_key_heads=1,
+    linear_num_value_heads=2,
+    linear_key_head_dim=64,  # vLLM's CPU GDN ops need linear head dims >= 64
+    linear_value_head_dim=64,
+    dtype="bfloat16",  # vLLM's CPU GDN path runs bfloat16 only
+)
+PROMPTS = [[5, 17, 99, 200, 3, 42, 7, 300], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
+GEN = 24
+BF16_LOGPROB_ATOL = 0.5  # vLLM computes in bfloat16, the reference in float32 on the same weights; measured 0.21
+
+
+def _peaky(m: ModelConfig) -> torch.nn.Module:
+    """Weights at 1/sqrt(fan-in) (and a 3x wider embedding/head), so logits spread over several nats and
+    a wrong tensor mapping would move them far more than bfloat16 does."""
+    import math
+
+    model = build_model(replace(m, dtype="float32"), seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.dim() >= 2:
+                wide = 3.0 if ("output_layer" in n or "word_embeddings" in n) else 1.0
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]) * wide)
+            else:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.slow
+def test_vllm_serves_the_hybrid_with_mtp(dist_env: object, tmp_path: Path) -> None:
+    """vLLM CPU (bfloat16, MTP k=1, prefix caching off) on the exported hybrid vs the trainer in float32 on
+    the same (bfloat16-rounded) weights: greedy tokens, each generated token's logprob, and the drafts and
+    accepted drafts of a replay of the trainer's MTP argmax (test_export_parity's rule)."""
+    import os
+    import subprocess
+    import sys
+
+    out = _export(_peaky(SERVED), SERVED, tmp_path / "hybrid")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_PLUGINS": "mtp_dense_qwen3_next"}
+    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+    if iomp.is_file():
+        env["LD_PRELOAD"] = str(iomp)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.trainer.vllm_hybrid_probe", str(out), str(GEN), json.dumps(PROMPTS)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("VLLM_HYBRID_RESULT ")), None)
+    assert proc.returncode == 0 and line is not None, proc.stderr[-3000:]
+    got = json.loads(line.split(" ", 1)[1])
+
+    m = replace(model_config_from_hf(json.loads((out / "config.json").read_text()), "qwen3_next", "float32"))
+    ref = build_model(replace(m, max_position_embeddings=512), seed=2)
+    hf_import.load_into(ref, out, m)  # the bfloat16 weights vLLM loaded, in float32
+    ref.eval()
+    worst, agree, total, drafts, accepted = 0.0, 0, 0, 0, 0
+    for r in got["results"]:
+        seq = r["prompt"] + r["tokens"]
+        lm, mtp = _logits(ref, torch.tensor([seq]))
+        logp = torch.log_softmax(lm, dim=-1)
+        first = len(r["prompt"]) - 1
+        for i, (tok, lp) in enumerate(zip(r["tokens"], r["logprobs"], strict=True)):
+            worst = max(worst, abs(float(logp[first + i, tok]) - lp))
+            agree += int(logp[first + i].argmax()) == tok
+            total += 1
+        pred = mtp.argmax(dim=-1).tolist()
+        j = len(r["prompt"]) + 1
+        while j < len(seq):
+            drafts += 1
+            if pred[j - 2] == seq[j]:
+                accepted += 1
+                j += 2
+            else:
+                j += 1
+    print(f"vLLM hybrid: max |logprob diff| {worst:.3f}, greedy agreement {agree}/{total}, "
+          f"drafts/accepted vLLM {got['drafts']}/{got['accepted']} replay {drafts}/{accepted}")  # fmt: skip
+    assert worst < BF16_LOGPROB_ATOL
+    assert agree >= total - 2  # bfloat16 may flip a near tie; measured 47/48
+    assert got["drafts"] > 0
+    assert abs(got["drafts"] - drafts) <= 2 and abs(got["accepted"] - accepted) <= 2
