@@ -429,6 +429,105 @@ class Volumes(ApiModel):
     checkpoints: VolumeRef | None = None
 
 
+# ------------------------------------------------------------------------------------- pod customisation
+
+_PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class Toleration(ApiModel):
+    """core/v1 Toleration."""
+
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, le=INT64_MAX)
+
+
+class KeyRef(ApiModel):
+    """A key of a Secret or ConfigMap (``secretKeyRef`` / ``configMapKeyRef``)."""
+
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253)
+    optional: bool | None = None
+
+
+class EnvVarSource(ApiModel):
+    secret_key_ref: KeyRef | None = None
+    config_map_key_ref: KeyRef | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            ("has(self.secretKeyRef) != has(self.configMapKeyRef)", "set exactly one of secretKeyRef, configMapKeyRef")
+        )
+    )
+
+
+class EnvVar(ApiModel):
+    """An extra environment variable: a value, or a key of a Secret (a Hugging Face token) or ConfigMap."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = None
+    value_from: EnvVarSource | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both"))
+    )
+
+
+class NameRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253)
+    optional: bool | None = None
+
+
+class EnvFromSource(ApiModel):
+    """Every key of a Secret or ConfigMap as environment variables."""
+
+    prefix: str | None = Field(default=None, max_length=253)
+    secret_ref: NameRef | None = None
+    config_map_ref: NameRef | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            ("has(self.secretRef) != has(self.configMapRef)", "set exactly one of secretRef, configMapRef")
+        )
+    )
+
+
+class ExtraMount(ApiModel):
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    mount_path: str = Field(min_length=2, max_length=1024, pattern=r"^/")
+    sub_path: str | None = Field(default=None, max_length=1024)
+    read_only: bool | None = None
+
+
+class PodCustomization(ApiModel):
+    """What a cluster needs on the pods of one role. The operator's own fields win on a conflict: its
+    labels (name, component, job, restart attempt), its env variables, volumes and mount paths, and the
+    rollout's ``automountServiceAccountToken: false`` are never replaced; such entries are dropped."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="core/v1 Affinity, passed as is.", json_schema_extra=dict(_PRESERVE)
+    )
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    scheduler_name: str | None = Field(default=None, max_length=253)
+    image_pull_secrets: list[str] = Field(default_factory=list, max_length=16, description="Secret names.")
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=DNS_LABEL)
+    env: list[EnvVar] = Field(default_factory=list, max_length=256)
+    env_from: list[EnvFromSource] = Field(default_factory=list, max_length=32)
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="core/v1 Volumes, passed as is (each needs a name).",
+        json_schema_extra={"items": {"type": "object", **_PRESERVE}},
+    )
+    volume_mounts: list[ExtraMount] = Field(default_factory=list, max_length=32)
+
+
 class TrainerSpec(ApiModel):
     image: str = Field(default="ghcr.io/mtp-io/mtp-trainer:0.1.0", min_length=1)
     replicas: int = Field(default=1, ge=1, le=4096, description="Nodes (pods), one torchrun agent each.")
@@ -442,6 +541,7 @@ class TrainerSpec(ApiModel):
     data: DataSpec
     volumes: Volumes = Field(default_factory=Volumes)
     metrics_port: int = Field(default=contracts.DEFAULT_TRAINER_METRICS_PORT, ge=1024, le=65535)
+    pod: PodCustomization | None = Field(default=None, description="Scheduling, secrets and volumes of the pods.")
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="rlvr only: the GRPO settings.")
     warmup: SFTWarmup | None = Field(default=None, description="rlvr only: SFT steps before RL.")
 
@@ -495,6 +595,7 @@ class RolloutSpec(ApiModel):
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     port: int = Field(default=contracts.DEFAULT_ROLLOUT_PORT, ge=1024, le=65535)
+    pod: PodCustomization | None = Field(default=None, description="Scheduling, secrets and volumes of the pods.")
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(

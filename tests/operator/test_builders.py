@@ -446,3 +446,79 @@ def test_builders_are_pure_and_render_without_uid() -> None:
     assert all("ownerReferences" not in o["metadata"] for o in first)
     assert all(o["metadata"]["annotations"][names.ANNOTATION_SPEC_HASH] for o in first)
     assert len({o["metadata"]["annotations"][names.ANNOTATION_SPEC_HASH] for o in first}) == len(first)
+
+
+POD_BLOCK = {
+    "labels": {"team": "ml", "app.kubernetes.io/component": "mine"},
+    "annotations": {"sidecar.istio.io/inject": "false"},
+    "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
+    "priorityClassName": "training-high",
+    "schedulerName": "volcano",
+    "imagePullSecrets": ["regcred"],
+    "serviceAccountName": "trainer-sa",
+    "env": [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+        {"name": "MASTER_PORT", "value": "1"},  # the operator's: dropped
+    ],
+    "envFrom": [{"secretRef": {"name": "wandb"}}],
+    "volumes": [
+        {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}},
+        {"name": "dshm", "emptyDir": {}},  # the operator's: dropped
+    ],
+    "volumeMounts": [
+        {"name": "hf-cache", "mountPath": "/cache/hf"},
+        {"name": "hf-cache", "mountPath": "/dev/shm"},  # the operator's path: dropped
+    ],
+}
+
+
+def test_trainer_pod_customisation_with_the_operators_fields_winning() -> None:
+    job = make(set_("spec.trainer.pod", POD_BLOCK))
+    sts = build_trainer_statefulset(job, replicas=1, config_hash="h")
+    template = sts["spec"]["template"]
+    spec = template["spec"]
+    assert template["metadata"]["labels"]["team"] == "ml"
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
+    assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec["affinity"] == {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+    }
+    assert (spec["priorityClassName"], spec["schedulerName"], spec["serviceAccountName"]) == (
+        "training-high",
+        "volcano",
+        "trainer-sa",
+    )
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert volumes(sts)["hf-cache"] == {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}
+    assert volumes(sts)["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+    assert mounts(sts)["hf-cache"] == "/cache/hf"
+    assert mounts(sts)["dshm"] == "/dev/shm"
+    assert [m["mountPath"] for m in container(sts)["volumeMounts"]].count("/dev/shm") == 1
+    assert env(sts)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert env(sts)["MASTER_PORT"] == "29500"
+    assert container(sts)["envFrom"] == [{"secretRef": {"name": "wandb"}}]
+
+
+def test_rollout_keeps_no_service_account_token_whatever_the_pod_block_says() -> None:
+    job = make(set_("spec.rollout.pod", {"serviceAccountName": "vllm", "nodeSelector": {"pool": "serving"}}))
+    dep = build_rollout_deployment(job, replicas=1, config_hash="h")
+    spec = dep["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert (spec["serviceAccountName"], spec["nodeSelector"]) == ("vllm", {"pool": "serving"})
+
+
+def test_the_pod_block_passes_the_crd_schema_and_cel() -> None:
+    from mtp_api import validation
+
+    body = job_manifest()
+    body["spec"]["trainer"]["pod"] = POD_BLOCK
+    body["spec"]["rollout"]["pod"] = {"tolerations": [{"key": "serving", "operator": "Exists"}]}
+    assert validation.validate_object(body).ok
+    body["spec"]["trainer"]["pod"] = {
+        "env": [{"name": "X", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+    }
+    assert [e.message for e in validation.validate_object(body).errors] == ["set value or valueFrom, not both"]

@@ -100,3 +100,43 @@ def model_source_volume(job: t.MTPTrainingJob) -> tuple[dict[str, Any], dict[str
         {"name": "model-source", "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": True}},
         {"name": "model-source", "mountPath": names.MODEL_MOUNT_DIR, "readOnly": True},
     )
+
+
+def customize_pod(template: dict[str, Any], custom: t.PodCustomization | None) -> dict[str, Any]:
+    """Apply a role's ``pod`` block to a pod template, in place; the operator's own entries win.
+
+    Labels and annotations the operator sets, env variables it sets, volumes it names and mount paths it
+    uses are never replaced (the user's entry is dropped); scheduling fields the operator does not set
+    (node selector, tolerations, affinity, priority class, scheduler, pull secrets, service account) are
+    the user's. Only the first container (the workload) gets the env and mounts."""
+    if custom is None:
+        return template
+    meta, spec = template["metadata"], template["spec"]
+    meta["labels"] = custom.labels | meta.get("labels", {})
+    meta["annotations"] = custom.annotations | meta.get("annotations", {})
+    scheduling = {
+        "nodeSelector": dict(custom.node_selector) or None,
+        "tolerations": [x.wire() for x in custom.tolerations] or None,
+        "affinity": custom.affinity,
+        "priorityClassName": custom.priority_class_name,
+        "schedulerName": custom.scheduler_name,
+        "imagePullSecrets": [{"name": n} for n in custom.image_pull_secrets] or None,
+        "serviceAccountName": custom.service_account_name,
+    }
+    for key, value in scheduling.items():
+        if value is not None and key not in spec:
+            spec[key] = value
+    own_volumes = {v["name"] for v in spec.get("volumes", [])}
+    spec["volumes"] = spec.get("volumes", []) + [v for v in custom.volumes if v.get("name") not in own_volumes]
+    main = spec["containers"][0]
+    own_env = {e["name"] for e in main.get("env", [])}
+    extra_env = [e.wire() for e in custom.env if e.name not in own_env]
+    if extra_env:
+        main["env"] = main.get("env", []) + extra_env
+    if custom.env_from:
+        main["envFrom"] = [e.wire() for e in custom.env_from]
+    own_paths = {m["mountPath"] for m in main.get("volumeMounts", [])}
+    extra_mounts = [m.wire() for m in custom.volume_mounts if m.mount_path not in own_paths]
+    if extra_mounts:
+        main["volumeMounts"] = main.get("volumeMounts", []) + extra_mounts
+    return template

@@ -89,16 +89,19 @@ def build_rollout_deployment(job: t.MTPTrainingJob, *, replicas: int, config_has
             "replicas": replicas,
             "selector": {"matchLabels": names.selector(job, names.COMPONENT_ROLLOUT)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
-            "template": {
-                "metadata": {
-                    "labels": names.labels(job, names.COMPONENT_ROLLOUT),
-                    "annotations": names.job_annotations(job)
-                    | {
-                        names.ANNOTATION_CONFIG_HASH: config_hash,
-                        "kubectl.kubernetes.io/default-container": "vllm",
+            "template": common.customize_pod(
+                {
+                    "metadata": {
+                        "labels": names.labels(job, names.COMPONENT_ROLLOUT),
+                        "annotations": names.job_annotations(job)
+                        | {
+                            names.ANNOTATION_CONFIG_HASH: config_hash,
+                            "kubectl.kubernetes.io/default-container": "vllm",
+                        },
                     },
+                    "spec": pod_spec,
                 },
-                "spec": pod_spec,
-            },
+                rollout.pod,
+            ),
         },
     }

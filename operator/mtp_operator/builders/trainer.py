@@ -138,21 +138,24 @@ def build_trainer_statefulset(
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "OnDelete"},
             "selector": {"matchLabels": names.selector(job, names.COMPONENT_TRAINER)},
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": names.job_annotations(job)
-                    | {
-                        names.ANNOTATION_CONFIG_HASH: config_hash,
-                        "kubectl.kubernetes.io/default-container": "trainer",
+            "template": common.customize_pod(
+                {
+                    "metadata": {
+                        "labels": labels,
+                        "annotations": names.job_annotations(job)
+                        | {
+                            names.ANNOTATION_CONFIG_HASH: config_hash,
+                            "kubectl.kubernetes.io/default-container": "trainer",
+                        },
+                    },
+                    "spec": {
+                        "securityContext": common.pod_security_context(),
+                        "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,
+                        "containers": [container],
+                        "volumes": volumes,
                     },
                 },
-                "spec": {
-                    "securityContext": common.pod_security_context(),
-                    "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
+                tr.pod,
+            ),
         },
     }
