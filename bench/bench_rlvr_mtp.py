@@ -56,8 +56,8 @@ def run_arm(job: dict[str, Any], out: Path, warmup_from: Path | None) -> list[di
     from rich.console import Console
 
     from mtp_api.validation import validate_object
-    from mtp_rollout.local_rlvr import LocalRLVR
-    from mtp_rollout.local_run import RunOptions
+    from mtpjob.local.local_rlvr import LocalRLVR
+    from mtpjob.local.local_run import RunOptions
 
     out.mkdir(parents=True, exist_ok=True)
     job_file = out / "job.yaml"

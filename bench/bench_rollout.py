@@ -24,9 +24,9 @@ from pathlib import Path
 from rich.console import Console
 
 from mtp_api.validation import load_job
-from mtp_rollout.bench import result_table, run_bench
-from mtp_rollout.prompts import pydoc_prompts
 from mtp_rollout.testing.tiny_model import make_tiny_qwen3_next
+from mtpjob.local.bench import result_table, run_bench
+from mtpjob.local.prompts import pydoc_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 

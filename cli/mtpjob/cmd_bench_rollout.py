@@ -43,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     from mtp_api.contracts import EXIT_INVALID_SPEC
     from mtp_api.validation import ManifestError, load_job
-    from mtp_rollout.bench import result_table, run_bench
-    from mtp_rollout.prompts import pydoc_prompts
     from mtp_rollout.runtime.checkpoint_check import CheckpointError, check_mtp_checkpoint
     from mtp_rollout.runtime.server import ServerError
+    from mtpjob.local.bench import result_table, run_bench
+    from mtpjob.local.prompts import pydoc_prompts
 
     console = Console()
     try:

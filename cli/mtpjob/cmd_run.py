@@ -1,6 +1,6 @@
 """`mtpjob run FILE`: run an MTPTrainingJob on this machine (train, serve with MTP speculation, measure).
 
-The very manifest a user would `kubectl apply`. See ``mtp_rollout.local_run`` for the steps and
+The very manifest a user would `kubectl apply`. See ``mtpjob.local.local_run`` for the steps and
 docs/rollout.md for the artifacts.
 """
 
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     from mtp_api.contracts import EXIT_INVALID_SPEC
     from mtp_api.validation import ManifestError, load_job
-    from mtp_rollout.local_run import RunOptions, run_local
     from mtp_rollout.runtime.checkpoint_check import CheckpointError
+    from mtpjob.local.local_run import RunOptions, run_local
 
     console = Console()
     try:

@@ -31,11 +31,11 @@ from rich.table import Table
 
 from mtp_api import contracts
 from mtp_api import types as t
-from mtp_rollout.bench import DecodeRun
-from mtp_rollout.launcher import server_plan
-from mtp_rollout.local_run import LocalRun, RunError, _tail
-from mtp_rollout.prompts import CHATML
-from mtp_rollout.server import VllmServer, free_port
+from mtp_rollout.runtime.launcher import server_plan
+from mtp_rollout.runtime.server import VllmServer, free_port
+from mtpjob.local.bench import DecodeRun
+from mtpjob.local.local_run import LocalRun, RunError, _tail
+from mtpjob.local.prompts import CHATML
 
 IM_END = "<|im_end|>"  # the chat turn's end: mtp_trainer.tokenizer.IM_END
 

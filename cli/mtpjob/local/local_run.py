@@ -41,16 +41,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mtp_api import contracts
 from mtp_api import types as t
 from mtp_api.acceptance import WindowFigures, counter_series, increments
 from mtp_api.exposition import parse
-from mtp_rollout.bench import DecodeRun, decode_pass
 from mtp_rollout.metrics.collector import Collector, ScrapeReport, Target, run_forever
 from mtp_rollout.metrics.exporter import AcceptanceExporter
 from mtp_rollout.metrics.status import rollout_status
 from mtp_rollout.runtime.checkpoint_check import check_mtp_checkpoint
 from mtp_rollout.runtime.launcher import server_plan
 from mtp_rollout.runtime.server import VllmServer, free_port
+from mtpjob.local.bench import DecodeRun, decode_pass
 
 
 class RunError(RuntimeError):
@@ -144,7 +145,7 @@ class LocalRun:
         self.run_info["trainer_metrics_url"] = f"http://127.0.0.1:{port}/metrics"
         self.console.print(f"trainer metrics: {self.run_info['trainer_metrics_url']}")
         log_path = self.out / "trainer.log"
-        metrics_path = trainer_dir / "metrics.jsonl"
+        metrics_path = trainer_dir / contracts.METRICS_FILE
         offset = metrics_path.stat().st_size if metrics_path.exists() else 0
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
@@ -170,7 +171,7 @@ class LocalRun:
         del self.children.groups["trainer"]
         if proc.returncode != 0:
             raise RunError(f"trainer exited with code {proc.returncode}; see {log_path}:\n{_tail(log_path)}")
-        hf = trainer_dir / "hf"
+        hf = trainer_dir / contracts.EXPORT_SUBDIR
         if not (hf / "config.json").exists():
             raise RunError(f"trainer finished but wrote no export at {hf}; see {log_path}")
         return hf
@@ -291,7 +292,7 @@ class LocalRun:
     # ------------------------------------------------------------------------------ main
 
     def execute(self) -> dict[str, Any]:
-        from mtp_rollout.prompts import pydoc_prompts
+        from mtpjob.local.prompts import pydoc_prompts
 
         if not self.opts.resume and self.out.exists():
             shutil.rmtree(self.out)
@@ -386,7 +387,7 @@ def run_local(job: t.MTPTrainingJob, opts: RunOptions, console: Console | None =
     console = console or Console()
     runner: LocalRun
     if job.spec.pipeline == t.Pipeline.RLVR:
-        from mtp_rollout.local_rlvr import LocalRLVR
+        from mtpjob.local.local_rlvr import LocalRLVR
 
         runner = LocalRLVR(job, opts, console)
     else:
