@@ -25,6 +25,8 @@ class ChildState:
     spec_hash: str | None
     replicas: int | None = None
     ready_replicas: int = 0
+    generation: int | None = None  # bumped by every spec change (workloads): a hand edit shows here
+    last_applied: str | None = None  # the mtp.io/last-applied annotation
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def summarize_child(kind: str, body: Mapping[str, Any]) -> ChildState:
         spec_hash=(meta.get("annotations") or {}).get(names.ANNOTATION_SPEC_HASH),
         replicas=spec.get("replicas"),
         ready_replicas=int(status.get("readyReplicas") or 0),
+        generation=meta.get("generation") if kind in ("StatefulSet", "Deployment") else None,
+        last_applied=(meta.get("annotations") or {}).get(names.ANNOTATION_LAST_APPLIED),
     )
 
 

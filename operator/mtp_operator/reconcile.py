@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from mtp_api import types as t
 from mtp_api.validation import semantic_checks
 from mtp_operator import metrics
-from mtp_operator.apply import apply_children
+from mtp_operator.apply import apply_children, prune_children
 from mtp_operator.builders.common import BuildError
 from mtp_operator.children import Scale, desired_children, stable_hash
 from mtp_operator.kube import Kube, NotFound, collection
@@ -161,7 +161,9 @@ async def _reconcile_locked(
         desired = _desired(key, job, _scale(job, status), runtime)
         if _creates(desired, observed, runtime.written[key]) and not await _exists(kube, namespace, name):
             return outcome  # the job is gone and its watch event not yet here: create no orphans
-        outcome.actions = await apply_children(kube, namespace, desired, observed, runtime.written[key])
+        written = runtime.written[key]
+        outcome.actions = await apply_children(kube, namespace, desired, observed, written, runtime.generations[key])
+        outcome.actions += await prune_children(kube, namespace, desired, observed, written)
         if status.state not in t.TERMINAL_STATES:
             outcome.actions += await _restart_group(kube, namespace, observed, status.restarts, now)
     new_wire = status.wire()

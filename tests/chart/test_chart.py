@@ -77,7 +77,7 @@ def test_default_install_is_cluster_wide_with_cluster_peering(helm: Path) -> Non
     assert not by_kind(docs, "Role")
     role = by_kind(docs, "ClusterRole")[0]
     verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-    assert verbs[("apps", "statefulsets")] == {"get", "list", "watch", "create", "patch"}  # no delete: GC does it
+    assert verbs[("apps", "statefulsets")] == {"get", "list", "watch", "create", "patch", "delete"}  # pruning
     assert verbs[("", "pods")] == {"get", "list", "watch", "delete"}  # group restarts, force-deleting lost pods
     assert verbs[("", "events")] == {"create"}  # restarts, failures and success are Events
     assert ("", "secrets") not in verbs
