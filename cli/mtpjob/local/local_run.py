@@ -239,28 +239,7 @@ class LocalRun:
         before, _ = counter_series(parse(server.metrics_text()).samples)
         thread.start()
         try:
-            with self.console.status("decoding with MTP speculation") as status:
-                done = threading.Event()
-                result: dict[str, DecodeRun] = {}
-
-                def work() -> None:
-                    try:
-                        result["run"] = decode_pass(
-                            server, name, prompts, max_tokens, label=f"mtp k={k}", k=k, stop=self.stop
-                        )
-                    finally:
-                        done.set()
-
-                worker = threading.Thread(target=work, daemon=True)
-                worker.start()
-                while not done.wait(1.0):
-                    s = latest.get("status")
-                    if s is not None and s.acceptance_rate is not None:
-                        status.update(
-                            f"decoding with MTP speculation: acceptance {s.acceptance_rate:.0%}, mean length {s.mean_acceptance_length}, per position {s.per_position_acceptance}"
-                        )
-                if "run" not in result:
-                    raise RunError(f"decoding failed; see {server.log_path}:\n{server.log_tail()}")
+            run = self._decode_live(server, prompts, max_tokens, k, latest)
             time.sleep(1.5)  # one more collector round after the last request
         finally:
             loop.call_soon_threadsafe(stop.set)
@@ -276,7 +255,35 @@ class LocalRun:
             "generation_tokens": inc.generation_tokens,
         }
         raw.update({f"accepted_pos_{p}": v for p, v in sorted(inc.per_position.items())})
-        return result["run"], collector.figures(ns, name), raw
+        return run, collector.figures(ns, name), raw
+
+    def _decode_live(
+        self, server: VllmServer, prompts: list[str], max_tokens: int, k: int, latest: dict[str, Any]
+    ) -> DecodeRun:
+        """Decode the prompts in a worker thread while the screen shows the collector's latest status."""
+        with self.console.status("decoding with MTP speculation") as status:
+            done = threading.Event()
+            result: dict[str, DecodeRun] = {}
+
+            def work() -> None:
+                try:
+                    result["run"] = decode_pass(
+                        server, self.job.metadata.name, prompts, max_tokens, label=f"mtp k={k}", k=k, stop=self.stop
+                    )
+                finally:
+                    done.set()
+
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            while not done.wait(1.0):
+                s = latest.get("status")
+                if s is not None and s.acceptance_rate is not None:
+                    status.update(
+                        f"decoding with MTP speculation: acceptance {s.acceptance_rate:.0%}, mean length {s.mean_acceptance_length}, per position {s.per_position_acceptance}"
+                    )
+            if "run" not in result:
+                raise RunError(f"decoding failed; see {server.log_path}:\n{server.log_tail()}")
+        return result["run"]
 
     def plain(self, model: Path, prompts: list[str], max_tokens: int) -> DecodeRun:
         server = self._start_server(model, speculative=False)
