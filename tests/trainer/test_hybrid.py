@@ -191,11 +191,26 @@ def test_vision_language_checkpoint_keeps_its_vision_tower(dist_env: object, tmp
     assert cfg["text_config"]["layer_types"] == list(m.layer_types)
 
 
-def test_hybrid_refuses_tensor_parallel() -> None:
+def test_hybrid_tensor_parallel_split() -> None:
+    """TP must divide the linear-attention heads; the per-rank interleave of in_proj/conv1d round-trips.
+    (test_tensor_parallel runs the hybrid at TP 2 against one process.)"""
+    from mtp_trainer.families.qwen3_next import gdn_tensor_parallel_layout
     from mtp_trainer.model_provider import ModelProvider
 
-    with pytest.raises(ConfigError, match="tensorParallelSize"):
-        ModelProvider(replace(HYBRID, num_key_value_heads=2, num_attention_heads=2), tensor_parallel_size=2).check()
+    with pytest.raises(ConfigError, match="tensorParallelSize 4 must divide the linear-attention"):
+        ModelProvider(replace(HYBRID, num_key_value_heads=4, num_attention_heads=4), tensor_parallel_size=4).check()
+    nk, nv, dk, dv = HYBRID.linear_dims()
+    w = torch.arange(2 * nk * dk + 2 * nv * dv + 2 * nv, dtype=torch.float32)[:, None]
+    c = torch.arange(2 * nk * dk + nv * dv, dtype=torch.float32)[:, None, None]
+    full = {"decoder.layers.0.self_attention.in_proj.weight": w, "decoder.layers.0.self_attention.conv1d.weight": c}
+    ranks = gdn_tensor_parallel_layout(full, HYBRID, 2, to_ranks=True)
+    # rank 0's block starts with its first key head of q (rows 0..dk-1), then its key head of k
+    block0 = ranks["decoder.layers.0.self_attention.in_proj.weight"][: w.shape[0] // 2, 0]
+    assert block0[:dk].tolist() == list(range(dk)) and block0[dk : 2 * dk].tolist() == list(
+        range(nk * dk, nk * dk + dk)
+    )
+    back = gdn_tensor_parallel_layout(ranks, HYBRID, 2, to_ranks=False)
+    assert all(torch.equal(back[k], full[k]) for k in full)
 
 
 # ------------------------------------------------------------------ vLLM CPU serving (bfloat16)

@@ -1,5 +1,5 @@
 """Tensor parallel 2 (two gloo processes) against the 1-process run: the same losses, the same clipped
-gradients and the same gradient norms, in each MTP mode.
+gradients and the same gradient norms, in each MTP mode, for the dense layout and the Gated DeltaNet hybrid.
 
 The reference is this process's TP=1 model with torch's own ``clip_grad_norm_``; the two TP ranks load
 shards of the same weights (``sharding.shard_state_dict``), run the trainer's own step pieces (the
@@ -10,15 +10,18 @@ their gradients back to full tensors.
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from megatron.core import parallel_state as ps
 
 from mtp_trainer import mtp_modes
-from mtp_trainer.config import ModelConfig
+from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION, ModelConfig
 from mtp_trainer.data import causal_batch
+from mtp_trainer.families.qwen3_next import gdn_tensor_parallel_layout
 from mtp_trainer.sharding import full_state_dict
 
 from .conftest import build_model
@@ -35,6 +38,17 @@ DENSE = ModelConfig(
     mtp_num_layers=1,
     max_position_embeddings=512,
 )
+HYBRID = replace(
+    DENSE,
+    family="qwen3_5",
+    num_layers=3,
+    layer_types=(LINEAR_ATTENTION, LINEAR_ATTENTION, FULL_ATTENTION),
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+)
+MODELS = {"dense": DENSE, "hybrid": HYBRID}
 MAX_NORM = 0.05  # below every measured norm (the smallest, standalone MTP, is ~0.3), so clipping scales every gradient
 MODES = (mtp_modes.JOINT, mtp_modes.STANDALONE, mtp_modes.DISABLED)
 
@@ -45,7 +59,7 @@ def _batch() -> mtp_modes.Batch:
     return causal_batch(ids, torch.ones(2, 32))
 
 
-def _step(model: torch.nn.Module, mode: str, clip: object) -> dict[str, object]:
+def _step(model: torch.nn.Module, mode: str, clip: object, m: ModelConfig) -> dict[str, object]:
     """Forward + backward + per-group clip; gradients returned as full (gathered) tensors."""
     mtp_modes.prepare(model, mode)
     model.zero_grad(set_to_none=True)
@@ -60,7 +74,8 @@ def _step(model: torch.nn.Module, mode: str, clip: object) -> dict[str, object]:
     with torch.no_grad():  # gather the gradients through the weights' own sharding
         for p in model.parameters():
             p.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
-    grads = full_state_dict(model)
+    tp = ps.get_tensor_model_parallel_world_size()
+    grads = gdn_tensor_parallel_layout(full_state_dict(model), m, tp, to_ranks=False)
     return {
         "loss": float(out.loss),
         "lm": float(out.lm_loss),
@@ -70,9 +85,8 @@ def _step(model: torch.nn.Module, mode: str, clip: object) -> dict[str, object]:
     }
 
 
-def _worker(rank: int, port: int, tmp: str) -> None:
+def _worker(rank: int, port: int, tmp: str, name: str) -> None:
     import torch.distributed as dist
-    from megatron.core import parallel_state as ps
 
     from mtp_trainer import cpu_compat
     from mtp_trainer.model_provider import ModelProvider
@@ -83,12 +97,13 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     ps.initialize_model_parallel(2, 1)
     cpu_compat.apply()
     cpu_compat.seed_model_parallel_rng(1234)
-    full = torch.load(Path(tmp) / "weights.pt")
+    m = MODELS[name]
+    full = gdn_tensor_parallel_layout(torch.load(Path(tmp) / "weights.pt"), m, 2, to_ranks=True)
     results = {}
     for mode in MODES:
-        model = ModelProvider(DENSE, tensor_parallel_size=2).provide()
+        model = ModelProvider(m, tensor_parallel_size=2).provide()
         model.load_state_dict(shard_state_dict(model, full), strict=False)
-        results[mode] = _step(model, mode, clip_grad_norm)
+        results[mode] = _step(model, mode, clip_grad_norm, m)
     if rank == 0:
         torch.save(results, Path(tmp) / "tp2.pt")
     ps.destroy_model_parallel()
@@ -101,28 +116,30 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def runs(dist_env: object, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
-    tmp = tmp_path_factory.mktemp("tp")
-    ref_model = build_model(DENSE, seed=21)
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def runs(request: pytest.FixtureRequest, dist_env: object, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    name = request.param
+    m = MODELS[name]
+    tmp = tmp_path_factory.mktemp(f"tp-{name}")
+    ref_model = build_model(m, seed=21)
     torch.save(full_state_dict(ref_model), tmp / "weights.pt")
     one = {}
     for mode in MODES:
-        model = build_model(DENSE, seed=21)
-        one[mode] = _step(model, mode, torch.nn.utils.clip_grad_norm_)
-    mp.spawn(_worker, args=(_port(), str(tmp)), nprocs=2, join=True)
-    return one, torch.load(tmp / "tp2.pt")
+        model = build_model(m, seed=21)
+        one[mode] = _step(model, mode, torch.nn.utils.clip_grad_norm_, m)
+    mp.spawn(_worker, args=(_port(), str(tmp), name), nprocs=2, join=True)
+    return name, one, torch.load(tmp / "tp2.pt")
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_tp2_matches_one_process(runs: tuple[dict, dict], mode: str) -> None:
-    one, two = runs[0][mode], runs[1][mode]
+def test_tp2_matches_one_process(runs: tuple, mode: str) -> None:
+    name, one, two = runs[0], runs[1][mode], runs[2][mode]
     assert two["lm"] == pytest.approx(one["lm"], abs=1e-5)
     assert two["mtp"] == pytest.approx(one["mtp"], abs=1e-5)
     assert two["norms"] == pytest.approx(one["norms"], rel=1e-5)
     assert all(n > MAX_NORM for n in one["norms"])  # clipping was active
     worst = max(float((two["grads"][k] - g).abs().max()) for k, g in one["grads"].items())
-    print(f"{mode}: loss {one['loss']:.6f} vs {two['loss']:.6f}, norms {one['norms']} vs {two['norms']}, "
+    print(f"{name} {mode}: loss {one['loss']:.6f} vs {two['loss']:.6f}, norms {one['norms']} vs {two['norms']}, "
           f"max |grad diff| {worst:.3g}")  # fmt: skip
     for k, g in one["grads"].items():
         torch.testing.assert_close(two["grads"][k], g, atol=1e-6, rtol=1e-4, msg=k)

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state as ps
 from safetensors.torch import save_file
 from torch import nn
 
 from mtp_trainer import families
 from mtp_trainer.checkpoint import atomic_dir
 from mtp_trainer.config import ModelConfig
+from mtp_trainer.families.qwen3_next import gdn_tensor_parallel_layout
 from mtp_trainer.sharding import full_state_dict
 from mtp_trainer.tokenizer import im_end_id
 
@@ -36,7 +38,8 @@ def _special_ids(tok: Any) -> dict[str, Any]:
 def hf_tensors(model: nn.Module, m: ModelConfig) -> dict[str, torch.Tensor]:
     """The exported tensors (every rank must call this: TP shards are gathered)."""
     fam = families.get(m.family)
-    full = full_state_dict(model)
+    tp = ps.get_tensor_model_parallel_world_size()
+    full = gdn_tensor_parallel_layout(full_state_dict(model), m, tp, to_ranks=False)
     return {k: v.to(m.torch_dtype()) for k, v in fam.to_hf(full, m).items()}
 
 

@@ -12,11 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from megatron.core import parallel_state as ps
 from safetensors.torch import load_file
 from torch import nn
 
 from mtp_trainer import families
 from mtp_trainer.config import ConfigError, ModelConfig
+from mtp_trainer.families.qwen3_next import gdn_tensor_parallel_layout
 from mtp_trainer.sharding import shard_state_dict
 
 
@@ -62,5 +64,7 @@ def load_into(model: nn.Module, path: Path, m: ModelConfig) -> None:
         missing = [k for k in missing if k != "output_layer.weight"]
     if missing:
         raise ConfigError(f"spec.model.source {path}: checkpoint lacks tensors for {missing[:5]}")
+    tp = ps.get_tensor_model_parallel_world_size()
+    full = gdn_tensor_parallel_layout(full, m, tp, to_ranks=True)
     sd = shard_state_dict(model, {**model.state_dict(), **full})
     model.load_state_dict(sd, strict=False)

@@ -118,11 +118,10 @@ class ModelProvider:
             nk, nv, _, _ = m.linear_dims()
             if nv % nk:
                 raise ConfigError(f"linear_num_value_heads {nv} must be a multiple of linear_num_key_heads {nk}")
-            if tp > 1:
+            if nk % tp or nv % tp:
                 raise ConfigError(
-                    f"spec.trainer.strategy.tensorParallelSize {tp}: the Gated DeltaNet (linear-attention) layers "
-                    "are mapped for tensorParallelSize 1 only in this release (their TP shards interleave q/k/v/z); "
-                    "use 1 and scale with data parallel"
+                    f"spec.trainer.strategy.tensorParallelSize {tp} must divide the linear-attention key and value "
+                    f"heads ({nk}, {nv}); lower tensorParallelSize"
                 )
         rot = int(m.head_dim * m.rotary_percent)
         if rot % 2:

@@ -62,11 +62,17 @@ def allreduce_grads(model: nn.Module, group: Any = None) -> None:
             p.grad.div_(size)
 
 
+# Weights every TP rank holds whole but applies to its own heads only, so each rank's gradient is a
+# partial sum: qk-layernorm (as in Megatron's finalize_model_grads) and the Gated DeltaNet's per-head
+# output norm (measured: without the sum its gradient differs from the 1-process run).
+TP_PARTIAL_GRADS = ("q_layernorm.weight", "k_layernorm.weight", "self_attention.out_norm.weight")
+
+
 def allreduce_tensor_parallel_grads(model: nn.Module) -> None:
     """What Megatron's ``finalize_model_grads`` does across the TP group for weights every TP rank
-    holds whole but sees only part of the input to: sum the q/k layernorm grads (each rank normalises
-    its own heads) and the sequence-parallel norms' grads; average ``average_gradients_across_tp_domain``
-    ones. A no-op with one TP rank."""
+    holds whole but sees only part of the input to: sum the per-head norms' grads (``TP_PARTIAL_GRADS``)
+    and the sequence-parallel norms' grads; average ``average_gradients_across_tp_domain`` ones. A no-op
+    with one TP rank."""
     if not (dist.is_initialized() and ps.model_parallel_is_initialized()):
         return
     group = ps.get_tensor_model_parallel_group()
@@ -80,9 +86,7 @@ def allreduce_tensor_parallel_grads(model: nn.Module) -> None:
         if getattr(p, "average_gradients_across_tp_domain", False):
             dist.all_reduce(p.grad, group=group)
             p.grad.div_(size)
-        elif (sequence_parallel and getattr(p, "sequence_parallel", False)) or (
-            "q_layernorm" in name or "k_layernorm" in name
-        ):
+        elif (sequence_parallel and getattr(p, "sequence_parallel", False)) or name.endswith(TP_PARTIAL_GRADS):
             dist.all_reduce(p.grad, group=group)
 
 

@@ -145,6 +145,33 @@ def _gdn_from_hf(hf: dict[str, Tensor], src: str, dst: str, m: ModelConfig) -> d
     }
 
 
+def gdn_tensor_parallel_layout(full: dict[str, Tensor], m: ModelConfig, tp: int, to_ranks: bool) -> dict[str, Tensor]:
+    """Megatron's GatedDeltaNet under TP splits each rank's ``in_proj`` rows as ``[q_r|k_r|v_r|z_r|b_r|a_r]``
+    and its ``conv1d`` channels as ``[q_r|k_r|v_r]``, so the concatenation of the shards (what
+    ``sharding`` gathers and splits, contiguously) is that per-rank interleave, not the one-rank layout
+    the mapping uses. ``to_ranks``: one-rank layout -> concatenated shards; else back. Identity for tp 1."""
+    if tp == 1 or not m.is_hybrid():
+        return full
+    nk, nv, dk, dv = m.linear_dims()
+    out = dict(full)
+    for name, sizes in (
+        ("in_proj.weight", [nk * dk, nk * dk, nv * dv, nv * dv, nv, nv]),
+        ("conv1d.weight", [nk * dk, nk * dk, nv * dv]),
+    ):
+        for i in range(m.num_layers):
+            key = f"decoder.layers.{i}.self_attention.{name}"
+            if not m.is_linear(i) or key not in full:
+                continue
+            w = full[key]
+            if to_ranks:
+                parts = [x.chunk(tp, dim=0) for x in torch.split(w, sizes, dim=0)]
+                out[key] = torch.cat([part[r] for r in range(tp) for part in parts], dim=0)
+            else:
+                blocks = [torch.split(b, [n // tp for n in sizes], dim=0) for b in w.chunk(tp, dim=0)]
+                out[key] = torch.cat([blocks[r][j] for j in range(len(sizes)) for r in range(tp)], dim=0)
+    return out
+
+
 _LAYER_NORMS = ("input_layernorm.weight", "pre_mlp_layernorm.weight")
 
 
