@@ -59,6 +59,10 @@ def run_arm(job: dict[str, Any], out: Path, warmup_from: Path | None) -> list[di
     from mtpjob.local.local_rlvr import LocalRLVR
     from mtpjob.local.local_run import RunOptions
 
+    metrics = out / "trainer" / "metrics.jsonl"
+    done = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    if len(rl_steps(done)) >= job["spec"]["trainer"]["hyperparameters"]["maxSteps"]:
+        return done  # an arm finished by an earlier invocation
     out.mkdir(parents=True, exist_ok=True)
     job_file = out / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))

@@ -140,3 +140,11 @@ def test_prompts_render_like_the_sft_data() -> None:
 def test_copies_do_not_leak_between_cases() -> None:
     a, b = _tiny_rlvr(), copy.deepcopy(_tiny_rlvr())
     assert a == b
+
+
+def test_a_rollout_without_speculation_has_no_drafter_to_sync() -> None:
+    obj = _tiny_rlvr()
+    assert from_job(t.MTPTrainingJob.model_validate(obj), base_dir=EXAMPLES).rl.rollout_drafts is True  # type: ignore[union-attr]
+    obj["spec"]["rollout"]["speculative"] = {"method": "none"}
+    cfg = from_job(t.MTPTrainingJob.model_validate(obj), base_dir=EXAMPLES)
+    assert cfg.rl is not None and cfg.rl.rollout_drafts is False

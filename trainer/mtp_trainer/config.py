@@ -192,6 +192,7 @@ class RLConfig:
     validation_prompts: int = 32
     log_kl_to_initial: bool = False
     rollout_replicas: int = 1
+    rollout_drafts: bool = True  # the rollout speculates with the MTP head, so the sync updates its drafter
     max_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
@@ -364,6 +365,7 @@ def _rl(job: t.MTPTrainingJob, dp: int) -> RLConfig:
         validation_prompts=g.validation_prompts,
         log_kl_to_initial=g.log_kl_to_initial or g.kl_coef > 0,
         rollout_replicas=rollout.replicas,
+        rollout_drafts=rollout.speculative.method != t.SpeculativeMethod.NONE,
         max_tokens=gen.max_tokens,
         temperature=gen.temperature,
         top_p=gen.top_p,

@@ -227,7 +227,14 @@ class RLVRRun:
         if self.is_main:
             self.client.wait_ready(timeout_s=float(os.environ.get("MTP_ROLLOUT_READY_TIMEOUT_S", "1800")))
         sync_dir = os.environ.get(contracts.ENV_WEIGHT_SYNC_DIR) or str(self.out / contracts.WEIGHT_SYNC_SUBDIR)
-        self.sync = WeightSync(self.model, self.cfg.model, self.client, sync_dir, start_version=start_version)
+        self.sync = WeightSync(
+            self.model,
+            self.cfg.model,
+            self.client,
+            sync_dir,
+            start_version=start_version,
+            drafter=self.rl.rollout_drafts,
+        )
 
     def catch_up(self) -> None:
         """Rank 0, before generating: pick up replicas that joined or restarted (a Service's addresses
