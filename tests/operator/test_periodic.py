@@ -116,34 +116,29 @@ def test_paused_by_peers_follows_kopfs_rule(peers: dict[str, Any], paused: bool)
 
 
 def test_the_loop_resyncs_jobs_without_any_event(job: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """activeDeadlineSeconds fires from the periodic resync alone (time passes, nothing else happens)."""
+    """activeDeadlineSeconds fires from the periodic resync alone: only reconciles that run in the loop's
+    task see time pass; those that events trigger (job, children, pods) stay at the start time."""
     t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
-    clock = [t0]
+    later = t0 + datetime.timedelta(seconds=100)
     real = handlers.reconcile
-    triggers: list[str] = []
 
     async def at_fake_time(body: Any, observed: Any, runtime: Any, kube: Any, now: Any) -> reconcile_module.Outcome:
-        return await real(body, observed, runtime, kube, clock[0])
+        task = asyncio.current_task()
+        in_loop = task is not None and task.get_name() == "mtp-periodic"
+        return await real(body, observed, runtime, kube, later if in_loop else t0)
 
     monkeypatch.setattr(handlers, "reconcile", at_fake_time)
-    monkeypatch.setattr(handlers.metrics.RECONCILES, "labels", lambda trigger: triggers.append(trigger) or _Inc())
     job["spec"]["runPolicy"] = {"activeDeadlineSeconds": 100}
-    config = OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=0.2, scrape_seconds=0)
+    config = OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=0.5, scrape_seconds=0)
     with KmockBackend() as backend:
         backend.apply(t.PLURAL, job)
         with backend.operator(config):
-            wait_for(lambda: _state(backend) == "Created")
-            clock[0] = t0 + datetime.timedelta(seconds=100)  # no event from here on: only the loop reconciles
-            wait_for(lambda: _state(backend) == "Failed")
+            st = wait_for(lambda: _status(backend).get("state") == "Failed" and _status(backend))
+        assert {c["type"]: c["reason"] for c in st["conditions"]}["Failed"] == "DeadlineExceeded"
+        assert st["startTime"] == "2026-01-01T00:00:00Z"  # set by an event-driven reconcile, at t0
         body = backend.get(t.PLURAL, "demo")
         assert body is not None and "finalizers" not in body["metadata"]
-    assert "timer" in triggers
 
 
-class _Inc:
-    def inc(self) -> None:
-        pass
-
-
-def _state(backend: Backend) -> str | None:
-    return ((backend.get(t.PLURAL, "demo") or {}).get("status") or {}).get("state")
+def _status(backend: Backend) -> dict[str, Any]:
+    return dict((backend.get(t.PLURAL, "demo") or {}).get("status") or {})
