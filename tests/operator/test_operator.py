@@ -337,6 +337,13 @@ def test_trainer_exit_2_fails_the_job_as_invalid_spec(backend: Backend, job: dic
         assert conditions(st)["Failed"]["reason"] == "InvalidSpec"
         assert f"{NAME}-trainer-0" in conditions(st)["Failed"]["message"]
         wait_for(lambda: (backend.get("statefulsets", f"{NAME}-trainer") or {})["spec"]["replicas"] == 0)
+        event = wait_for(lambda: next((e for e in backend.list("events") if e.get("reason") == "InvalidSpec"), None))
+        assert (event["type"], event["involvedObject"]["kind"], event["involvedObject"]["name"]) == (
+            "Warning",
+            t.KIND,
+            NAME,
+        )
+        assert event["message"] == conditions(st)["Failed"]["message"]
 
 
 def test_operator_metrics_count_reconciles_and_jobs(backend: Backend, job: dict[str, Any]) -> None:
