@@ -7,7 +7,10 @@ Read from inline code spans and fenced code blocks:
   ``rollout/mtp_rollout/...``); globs must match at least one file; tokens with placeholders
   (``<job>``, ``{a,b}``, ``$VAR``, ``...``) are not paths;
 - a bare ``name.py`` must be the name of some file of the repository;
-- ``mtpjob CMD`` and ``bin/mtpjob CMD`` must name a sub-command the CLI parser registers;
+- ``mtpjob CMD`` and ``bin/mtpjob CMD`` must name a sub-command the CLI parser registers, and every
+  ``--flag`` after it must be one of that sub-command's options;
+- ``python bench/NAME.py --flag`` and ``python -m MODULE --flag`` (ours, with an argparse parser): the
+  script or module must define the flag;
 - ``python -m MODULE`` must be found by ``importlib.util.find_spec``; for modules that are not ours
   only the top-level package is looked up, so no third-party package is imported;
 - a dotted name of ours (``mtp_rollout.runtime.launcher.server_plan``) must lead to a module file and,
@@ -60,6 +63,8 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 PLACEHOLDER = re.compile(r"[<>{}$]|\.\.\.")
 COMMAND = re.compile(r"(?:^|[\s(`])(?:bin/)?mtpjob\s+([a-z][\w-]*)")
 MODULE = re.compile(r"python3?\s+-m\s+([A-Za-z_][\w.]*)")
+FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
+SCRIPT = re.compile(r"python3?\s+((?:bench|bin)/[\w.-]+\.py)")
 DOTTED = re.compile(r"\b(?:mtp_api|mtp_operator|mtp_trainer|mtp_rollout|mtpjob)(?:\.[A-Za-z_]\w*)+")
 
 
@@ -103,12 +108,43 @@ def resolve(word: str) -> list[Path]:
     return [p] if p.exists() else []
 
 
-def cli_commands() -> set[str]:
+def cli_commands() -> dict[str, set[str]]:
+    """Each sub-command of the CLI parser and its option strings."""
     from mtpjob import cli
 
     parser = cli.build_parser()
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return {name for a in subs for name in a.choices}
+    return {name: set(sub._option_string_actions) for a in subs for name, sub in a.choices.items()}
+
+
+def command_tail(code: str, start: int) -> str:
+    """The command from ``start`` up to a comment, the end of the span, or the next command."""
+    return re.split(r"\s#|;|&&|\|\s|\s-m\s", code[start:])[0]
+
+
+def flag_problems(code: str, commands_known: dict[str, set[str]]) -> list[str]:
+    out = []
+    for m in COMMAND.finditer(code):
+        options = commands_known.get(m.group(1))
+        if options is not None:
+            out += [
+                f"mtpjob {m.group(1)} has no {f}" for f in FLAG.findall(command_tail(code, m.end())) if f not in options
+            ]
+    sources = [(m, REPO / m.group(1)) for m in SCRIPT.finditer(code)]
+    sources += [(m, module_file(m.group(1))) for m in MODULE.finditer(code)]
+    for m, path in sources:
+        if path is None or not path.is_file() or "add_argument" not in (text := path.read_text()):
+            continue  # not ours, or no parser of its own (mtp_trainer.launch passes torchrun's flags on)
+        out += [f"{m.group(1)} has no {f}" for f in FLAG.findall(command_tail(code, m.end())) if f'"{f}"' not in text]
+    return out
+
+
+def module_file(module: str) -> Path | None:
+    parts = module.split(".")
+    if parts[0] not in PACKAGE_DIRS:
+        return None
+    base = REPO / PACKAGE_DIRS[parts[0]] / Path(*parts)
+    return base / "__main__.py" if base.is_dir() else base.with_suffix(".py")
 
 
 def module_exists(module: str) -> bool:
@@ -162,23 +198,24 @@ def named(text: str) -> tuple[list[str], list[str], list[str]]:
     return paths, commands, modules
 
 
-def problems(name: str, text: str, commands_known: set[str]) -> list[str]:
+def problems(name: str, text: str, commands_known: dict[str, set[str]]) -> list[str]:
     out = []
     for line, code in code_texts(text):
         out += [f"{name}:{line}: no such path {w!r}" for w in path_candidates(code) if not resolve(w)]
         out += [f"{name}:{line}: no sub-command mtpjob {c}" for c in COMMAND.findall(code) if c not in commands_known]
         out += [f"{name}:{line}: no module {m}" for m in MODULE.findall(code) if not module_exists(m)]
         out += [f"{name}:{line}: no such name {d}" for d in DOTTED.findall(code) if not dotted_exists(d)]
+        out += [f"{name}:{line}: {p}" for p in flag_problems(code, commands_known)]
     return out
 
 
 @pytest.fixture(scope="module")
-def commands_known() -> set[str]:
+def commands_known() -> dict[str, set[str]]:
     return cli_commands()
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
-def test_what_the_docs_name_exists(doc: Path, commands_known: set[str]) -> None:
+def test_what_the_docs_name_exists(doc: Path, commands_known: dict[str, set[str]]) -> None:
     found = problems(str(doc.relative_to(REPO)), doc.read_text(), commands_known)
     assert not found, "\n".join(found)
 
@@ -193,16 +230,18 @@ def test_the_docs_are_read() -> None:
     assert sum(len(p) for p, _, _ in every_doc) > 100
 
 
-def test_a_wrong_name_is_found(commands_known: set[str]) -> None:
+def test_a_wrong_name_is_found(commands_known: dict[str, set[str]]) -> None:
     text = (
         "See `docs/install-guide.md`, `mtp_rollout/nowhere.py`, `no_such_file.py` and `examples/*.json`.\n"
-        "```\nbin/mtpjob launch job.yaml\npython -m mtp_rollout.nowhere\n```\n"
+        "```\nbin/mtpjob launch job.yaml\npython -m mtp_rollout.nowhere\n"
+        "mtpjob run job.yaml --no-such-flag   # a --comment-flag is not checked\n"
+        "python bench/bench_operator.py --jobs 1 --workers 2\npython -m mtp_trainer.main --job J --speed 3\n```\n"
         "Moved: `mtp_rollout.rates.increments`, `mtp_api.contracts.NO_SUCH_NAME`.\n"
         "Fine: `docs/api.md`, `mtp_rollout/runtime/serve.py`, `mtpjob run`, `python -m mtp_api.crd`, `<job>/x.py`,\n"
         "`mtp_api.contracts.EXIT_INVALID_SPEC`, `mtp_api.types.RolloutSpec.port`, `mtp_rollout.interface.server_plan`.\n"
     )
     found = problems("doc.md", text, commands_known)
-    assert len(found) == 9, found
+    assert len(found) == 12, found
     for name in (
         "install-guide.md",
         "nowhere.py",
@@ -213,5 +252,8 @@ def test_a_wrong_name_is_found(commands_known: set[str]) -> None:
         "no such name mtp_rollout.nowhere",
         "mtp_rollout.rates.increments",
         "NO_SUCH_NAME",
+        "mtpjob run has no --no-such-flag",
+        "bench/bench_operator.py has no --workers",
+        "mtp_trainer.main has no --speed",
     ):
         assert any(name in f for f in found), (name, found)
