@@ -306,3 +306,60 @@ def test_vllm_serves_the_hybrid_with_mtp(dist_env: object, tmp_path: Path) -> No
     assert agree >= total - 2  # bfloat16 may flip a near tie; measured 47/48
     assert got["drafts"] > 0
     assert abs(got["drafts"] - drafts) <= 2 and abs(got["accepted"] - accepted) <= 2
+
+
+# ------------------------------------------------------------------ the entry point on a hybrid checkpoint
+
+HYBRID_JOB = """\
+apiVersion: mtp.io/v1alpha1
+kind: MTPTrainingJob
+metadata: {name: hybrid-sft}
+spec:
+  pipeline: sft
+  model: {source: {path: ckpt}, family: qwen3_5, dtype: float32, mtpNumLayers: 1}
+  trainer:
+    gpusPerReplica: 0
+    mtp: {trainingMode: joint, lossScalingFactor: 0.3}
+    hyperparameters: {learningRate: 3.0e-3, minLearningRate: 3.0e-4, warmupSteps: 5, microBatchSize: 4,
+                      globalBatchSize: 4, seqLength: 128, maxSteps: 40, saveSteps: 40, evalSteps: 40}
+    data: {trainFiles: ["builtin:pydoc-topics"]}
+"""
+
+
+@pytest.mark.slow
+def test_entry_point_trains_and_exports_a_hybrid_checkpoint(dist_env: object, tmp_path: Path) -> None:
+    """``python -m mtp_trainer.main`` on a Qwen3.5 hybrid checkpoint directory: --check reads its
+    config.json, the run imports it, trains (held-out losses fall), and the export loads in transformers."""
+    import subprocess
+    import sys
+
+    from mtp_trainer import data, tokenizer
+    from mtp_trainer.config import DataConfig
+
+    m = replace(HYBRID, vocab_size=512)
+    tok = tokenizer.train_bpe(data.corpus_text(data.split(DataConfig())[0]), m.vocab_size)
+    ckpt = _export(build_model(m, seed=13), m, tmp_path / "ckpt")
+    tokenizer.save(tok, ckpt)
+    job = tmp_path / "job.yaml"
+    job.write_text(HYBRID_JOB)
+    main = [sys.executable, "-m", "mtp_trainer.main", "--job", str(job)]
+    check = subprocess.run([*main, "--check"], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-2000:]
+    plan = json.loads(check.stdout)
+    assert (plan["model"]["layers"], plan["model"]["mtp_layers"]) == (4, 1)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [*main, "--output-dir", str(out), "--metrics-port", "0"], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    val = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"validation"' in x]
+    print(
+        "hybrid held-out lm/mtp loss:", [(r["step"], round(r["lm_loss"], 3), round(r["mtp_loss"][0], 3)) for r in val]
+    )
+    assert (
+        val[-1]["lm_loss"] < val[0]["lm_loss"] - 0.8 and val[-1]["mtp_loss"][0] < val[0]["mtp_loss"][0] - 0.8
+    )  # measured -1.26, -1.17
+    cfg = json.loads((out / "hf" / "config.json").read_text())
+    assert cfg["layer_types"] == list(HYBRID.layer_types) and cfg["mtp_num_hidden_layers"] == 1
+    hf = AutoModelForCausalLM.from_pretrained(str(out / "hf"), dtype=torch.float32)
+    assert type(hf).__name__ == "Qwen3_5ForCausalLM"
