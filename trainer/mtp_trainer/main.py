@@ -22,7 +22,7 @@ The run, top to bottom:
    is set, as the operator sets it) the container's termination message ``mtp-complete {...}``,
    and exit 0: the operator reads success from that pod state. A restarted trainer that finds the
    marker (with the export) reports it again and exits 0 at once.
-8. SIGTERM during training (SFT loop): every rank finishes its step, a checkpoint of it is saved,
+8. SIGTERM during training (SFT, the rlvr warm-up and RL steps): every rank finishes its step, a checkpoint of it is saved,
    and the trainer exits 143; the next start resumes from it. ``--hold-after-completion`` (local
    use) keeps serving the metrics after the export until SIGTERM or SIGINT, then exits 0.
 
@@ -168,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
         metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
         _announce(cfg, model, info, metrics, resume_from, problems=(len(problems[0]), len(problems[1])))
         provider = family.provider(cfg.model, par.tensor_parallel_size, cfg.mtp.loss_scaling_factor, par.recompute)
-        rlvr.run(cfg, model, tok, out_dir, metrics, info.device, problems, resume_from, provider.provide)
+        stopped = rlvr.run(cfg, model, tok, out_dir, metrics, info.device, problems, resume_from, provider.provide)
+        if stopped is not None:  # SIGTERM: that step is checkpointed; the next start resumes from it
+            distributed.shutdown()
+            return contracts.EXIT_STOPPED
         return _finish(cfg, model, tok, out_dir, metrics, info)
 
     rows = data.pack(train_convs, tok, cfg.data.seq_length, cfg.data.seed)  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ from mtp_trainer.rl.rollout_client import RolloutClient, Sample
 from mtp_trainer.rl.tasks import Problem, as_conversation, builtin_problems, is_builtin, load_problems
 from mtp_trainer.rl.weight_sync import WeightSync
 from mtp_trainer.tokenizer import IM_START, im_end_id
-from mtp_trainer.train_loop import Trainer, build_optimizer, lr_at
+from mtp_trainer.train_loop import Trainer, any_rank, build_optimizer, lr_at, sigterm_flag
 
 WARMUP_DIR = "warmup"
 
@@ -413,21 +413,30 @@ class RLVRRun:
             dist.all_reduce(sums, group=ps.get_data_parallel_group())
         return float(sums[0] / sums[1].clamp(min=1.0))
 
-    def run(self, start: int, optimizer: torch.optim.Optimizer) -> None:
+    def save(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        assert self.sync is not None
+        extra = {"weight_version": self.sync.version}
+        checkpoint.save(self.out, step, self.model, optimizer, self.cfg, self.tok, extra=extra)
+
+    def run(self, start: int, optimizer: torch.optim.Optimizer) -> int | None:
+        """RL steps from ``start`` to maxSteps. On SIGTERM (agreed over ranks) the finished step is
+        checkpointed and its number returned, so the trainer exits for a restart that resumes there."""
         cfg = self.cfg
         if start == 0:
             self.validate(0)
-        for step in range(start, cfg.optim.max_steps):
-            self.step(step, optimizer)
-            done = step + 1
-            last = done == cfg.optim.max_steps
-            if done % cfg.schedule.eval_steps == 0 or last:
-                self.validate(done)
-            if done % cfg.schedule.save_steps == 0 or last:
-                assert self.sync is not None
-                checkpoint.save(
-                    self.out, done, self.model, optimizer, cfg, self.tok, extra={"weight_version": self.sync.version}
-                )
+        with sigterm_flag() as stop:
+            for step in range(start, cfg.optim.max_steps):
+                self.step(step, optimizer)
+                done = step + 1
+                last = done == cfg.optim.max_steps
+                if any_rank(stop[0], self.device) and not last:
+                    self.save(done, optimizer)
+                    return done
+                if done % cfg.schedule.eval_steps == 0 or last:
+                    self.validate(done)
+                if done % cfg.schedule.save_steps == 0 or last:
+                    self.save(done, optimizer)
+        return None
 
 
 # ------------------------------------------------------------------------------------ phases
@@ -441,8 +450,9 @@ def warm_up(
     metrics: Metrics,
     device: torch.device,
     problems: tuple[list[Problem], list[Problem]],
-) -> None:
-    """SFT on the worked answers (``spec.trainer.warmup``) in ``OUT/warmup``; resumable like SFT."""
+) -> int | None:
+    """SFT on the worked answers (``spec.trainer.warmup``) in ``OUT/warmup``; resumable like SFT.
+    Returns the step a SIGTERM stopped it at (checkpointed), else None."""
     assert cfg.rl is not None and cfg.rl.warmup is not None
     w = cfg.rl.warmup
     wcfg = replace(
@@ -478,10 +488,12 @@ def warm_up(
         seed=cfg.data.seed,
     )
     metrics.phase = "warmup"
+    trainer = Trainer(wcfg, model, optimizer, schedule, val_rows, metrics, device, wdir, tok)
     try:
-        Trainer(wcfg, model, optimizer, schedule, val_rows, metrics, device, wdir, tok).run(start)
+        trainer.run(start)
     finally:
         metrics.phase = None
+    return trainer.stopped_at
 
 
 def warmup_done(out_dir: Path, steps: int) -> Path | None:
@@ -503,8 +515,9 @@ def run(
     problems: tuple[list[Problem], list[Problem]],
     resume_from: Path | None,
     build_model: Callable[[], Any] | None = None,
-) -> None:
-    """Warm-up (unless done or resuming RL), export version 0, then the RL steps."""
+) -> int | None:
+    """Warm-up (unless done or resuming RL), export version 0, then the RL steps. Returns the step a
+    SIGTERM stopped the run at (checkpointed; the next start resumes there), else None."""
     assert cfg.rl is not None
     rl_events = RLMetrics(metrics)
     start = 0
@@ -513,7 +526,9 @@ def run(
         done = warmup_done(out_dir, cfg.rl.warmup.steps)
         if done is None:
             rl_events.event(event="warmup_start", steps=cfg.rl.warmup.steps)
-            warm_up(cfg, model, tok, out_dir, metrics, device, problems)
+            stopped = warm_up(cfg, model, tok, out_dir, metrics, device, problems)
+            if stopped is not None:
+                return stopped
         else:
             checkpoint.load(done, model, None)
     mtp_modes.prepare(model, cfg.mtp.mode)
@@ -532,4 +547,4 @@ def run(
         runner.sync.version = start - 1
         runner.sync.sync()
     rl_events.event(event="rl_start", step=start, steps=cfg.optim.max_steps)
-    runner.run(start, optimizer)
+    return runner.run(start, optimizer)

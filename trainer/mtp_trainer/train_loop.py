@@ -260,14 +260,14 @@ class Trainer:
         history: list[StepRecord] = []
         if start_step == 0:
             self.evaluate(0)
-        with _sigterm_flag() as stop:
+        with sigterm_flag() as stop:
             for step in range(start_step, cfg.optim.max_steps):
                 rec = self.train_step(step)
                 self.metrics.record(rec)
                 history.append(rec)
                 done = rec.step
                 last = done == cfg.optim.max_steps
-                if _any_rank(stop[0], self.device) and not last:
+                if any_rank(stop[0], self.device) and not last:
                     self.save(done)
                     self.stopped_at = done
                     break
@@ -278,7 +278,7 @@ class Trainer:
         return history
 
 
-class _sigterm_flag:
+class sigterm_flag:
     """SIGTERM while training sets ``flag[0]`` instead of killing the process; the loop checks it after
     each step (agreed over all ranks), saves a checkpoint and stops. The previous handler comes back after."""
 
@@ -300,7 +300,7 @@ class _sigterm_flag:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
+def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when any rank saw SIGTERM (ranks may get it at different steps)."""
     if not dist.is_initialized():
         return flag
