@@ -246,15 +246,12 @@ def _trainer_status(ready: int, metrics: JobMetrics) -> t.TrainerStatus:
 
 
 def _rollout_status(ready: int, metrics: JobMetrics) -> t.RolloutStatus:
+    """The scraped rollout block as the collector rounded it (``rollout_status``, the one place that
+    rounds acceptance), with this job's ready replica count."""
     m = metrics.rollout
-    per_pos = [round(x, RATE_DIGITS) for x in m.per_position_acceptance] if m and m.per_position_acceptance else None
-    return t.RolloutStatus(
-        ready_replicas=ready,
-        acceptance_rate=_r(m.acceptance_rate, RATE_DIGITS) if m else None,
-        mean_acceptance_length=_r(m.mean_acceptance_length, RATE_DIGITS) if m else None,
-        per_position_acceptance=per_pos,
-        tokens_per_second=_r(m.tokens_per_second, TPS_DIGITS) if m else None,
-    )
+    if m is None:
+        return t.RolloutStatus(ready_replicas=ready)
+    return m.model_copy(update={"ready_replicas": ready})
 
 
 def _rl_status(m: t.RLStatus) -> t.RLStatus:

@@ -245,9 +245,9 @@ def test_succeeded_state_sticks(backend: Backend, job: dict[str, Any]) -> None:
         backend.delete("statefulsets", f"{NAME}-trainer")
         backend.patch(t.PLURAL, NAME, {"spec": {"runPolicy": {"suspend": True}}})
         wait_for(lambda: status(backend).get("observedGeneration") is not None)
-        op.runtime.metrics.put_rollout(backend.namespace, NAME, t.RolloutStatus(acceptance_rate=0.81234))
+        op.runtime.metrics.put_rollout(backend.namespace, NAME, t.RolloutStatus(acceptance_rate=0.81))  # as collected
         backend.patch(t.PLURAL, NAME, {"metadata": {"labels": {"poke": "2"}}})
-        wait_for(lambda: (status(backend).get("rollout") or {}).get("acceptanceRate") == 0.812)
+        wait_for(lambda: (status(backend).get("rollout") or {}).get("acceptanceRate") == 0.81)
         assert status(backend)["state"] == "Succeeded"
         assert backend.get("statefulsets", f"{NAME}-trainer") is None  # never re-created
 

@@ -245,14 +245,15 @@ def test_terminal_state_sticks_while_numbers_move() -> None:
         job(suspend=True),
         done,
         children(missing="StatefulSet"),
-        JobMetrics(rollout=t.RolloutStatus(acceptance_rate=0.123456, per_position_acceptance=[0.91111, 0.5])),
+        # As the collector rounded them (mtp_rollout.metrics.status.rollout_status, the one place that rounds).
+        JobMetrics(rollout=t.RolloutStatus(acceptance_rate=0.12, per_position_acceptance=[0.91, 0.5])),
         T0 + datetime.timedelta(days=1),
         generation=5,
     )
     assert later.state == "Succeeded" and later.conditions == done.conditions
     assert later.completion_time == done.completion_time
-    assert later.rollout is not None and later.rollout.acceptance_rate == 0.123
-    assert later.rollout.per_position_acceptance == [0.911, 0.5]
+    assert later.rollout is not None and later.rollout.acceptance_rate == 0.12
+    assert later.rollout.per_position_acceptance == [0.91, 0.5]
     assert later.trainer is not None and later.trainer.step == 200  # kept from the last known value
 
 
