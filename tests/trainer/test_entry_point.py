@@ -91,36 +91,34 @@ def test_two_data_parallel_ranks(tmp_path: Path) -> None:
     assert (out / "hf" / "model.safetensors").is_file()
 
 
-def test_completed_trainer_holds_at_max_steps_until_sigterm(sft_run: Path, tmp_path: Path) -> None:
-    """A restart of a finished run (what the StatefulSet does) resumes at maxSteps, reports it, and
-    holds instead of exiting into another restart; SIGTERM ends it with status 0."""
-    import urllib.request
-
+def test_a_finished_run_restarted_reports_completion_again_and_exits(sft_run: Path, tmp_path: Path) -> None:
+    """A restart of a finished run (what a StatefulSet does to a container that exited) finds the
+    completion marker, writes the termination message the operator reads success from, trains and
+    writes nothing, and exits 0; with --hold-after-completion (local use) it holds until SIGTERM."""
     out = tmp_path / "out"
     shutil.copytree(sft_run, out)
     job = tmp_path / "job.yaml"
     job.write_text(SFT_JOB)
-    port = _free_port()
+    lines_before = (out / "metrics.jsonl").read_text().count("\n")
+    message = tmp_path / "termination-log"
+    env = dict(os.environ, MTP_TERMINATION_MESSAGE_PATH=str(message))
     cmd = [sys.executable, "-m", "mtp_trainer.main", "--job", str(job), "--output-dir", str(out)]
-    proc = subprocess.Popen(
-        [*cmd, "--metrics-port", str(port), "--hold-after-completion"], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.run([*cmd, "--metrics-port", "0"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert message.read_text().startswith("mtp-complete ")
+    assert json.loads(message.read_text().removeprefix("mtp-complete "))["step"] == 150
+    assert (out / "metrics.jsonl").read_text().count("\n") == lines_before  # nothing trained again
+    assert not (out / "checkpoints" / "step_151").exists()
+
+    held = subprocess.Popen([*cmd, "--hold-after-completion"], stdout=subprocess.PIPE, text=True, env=env)
     try:
-        assert proc.stdout is not None
-        events = []
-        for line in proc.stdout:
-            if line.startswith('{"event"'):
-                events.append(json.loads(line))
-                if events[-1]["event"] == "hold":
-                    break
-        assert [e["event"] for e in events] == ["start", "done", "hold"], events
-        assert events[0]["step"] == 150 and events[1]["step"] == 150
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-        assert 'mtp_trainer_step{job="trainer-test-sft",namespace=""} 150.0' in text
-        assert proc.poll() is None  # still holding
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0
+        assert held.stdout is not None
+        first = json.loads(held.stdout.readline())
+        assert first == {"event": "hold"}
+        assert held.poll() is None  # still holding
+        held.send_signal(signal.SIGTERM)
+        assert held.wait(timeout=120) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if held.poll() is None:
+            held.kill()
+            held.wait()

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         hf_import.load_into(model, Path(cfg.source.path), cfg.model)
     if problems is not None:
         metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
-        _announce(cfg, model, info, metrics, resume_from, problems=(len(problems[0]), len(problems[1])))
+        _announce(cfg, model, info, metrics, resume_from, 0, problems=(len(problems[0]), len(problems[1])))
         provider = family.provider(cfg.model, par.tensor_parallel_size, cfg.mtp.loss_scaling_factor, par.recompute)
         stopped = rlvr.run(cfg, model, tok, out_dir, metrics, info.device, problems, resume_from, provider.provide)
         if stopped is not None:  # SIGTERM: that step is checkpointed; the next start resumes from it
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     )
     metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
     metrics.set_step(start)  # a restarted trainer reports where it is before its first step
-    _announce(cfg, model, info, metrics, resume_from, rows=(len(rows), len(val_rows) if val_rows else 0))
+    _announce(cfg, model, info, metrics, resume_from, start, rows=(len(rows), len(val_rows) if val_rows else 0))
     trainer = Trainer(cfg, model, optimizer, schedule, val_rows, metrics, info.device, out_dir, tok)
     trainer.run(start)
     if trainer.stopped_at is not None:  # SIGTERM: a checkpoint of that step is saved; the next start resumes
@@ -207,6 +207,7 @@ def _announce(
     info: distributed.DistInfo,
     metrics: Metrics,
     resume_from: Path | None,
+    step: int,
     **counts: tuple[int, int],
 ) -> None:
     """The first JSON line of a run: what it trains, on what, from where."""
@@ -215,6 +216,7 @@ def _announce(
     summary: dict[str, object] = {
         "event": "start",
         "pipeline": "rlvr" if cfg.rl is not None else "sft",
+        "step": step,  # completed steps at start (rlvr: of the RL phase; the warm-up reports its own)
         "resume_from": str(resume_from) if resume_from else None,
         "mode": cfg.mtp.mode,
         "family": cfg.model.family,
