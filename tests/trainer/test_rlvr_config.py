@@ -33,9 +33,9 @@ def test_the_tiny_rlvr_example_maps_onto_the_rl_config() -> None:
     assert (rl.prompts_per_step, rl.samples_per_prompt, rl.clip_low, rl.clip_high) == (8, 8, 0.2, 0.28)
     assert (rl.max_tokens, rl.temperature, rl.served_model_name) == (64, 1.0, "tiny-rlvr")
     assert rl.reward.answer_format == "boxed"
-    assert cfg.mtp.mode == "standalone" and cfg.optim.max_steps == 20
+    assert cfg.mtp.mode == "standalone" and cfg.optim.max_steps == 10
     assert rl.warmup is not None
-    assert (rl.warmup.steps, rl.warmup.mode, rl.warmup.learning_rate) == (300, "joint", 3e-3)
+    assert (rl.warmup.steps, rl.warmup.mode, rl.warmup.learning_rate) == (500, "joint", 3e-3)
     # builtinTask {difficulty: 2, trainSize: 30000, validationSize: 256, seed: 7} spelled out for the data layer.
     assert cfg.data.train_files == ("builtin:arithmetic?n=30000&validation_n=256&difficulty=2&seed=7",)
 
