@@ -19,9 +19,6 @@ The run, top to bottom (artifacts under ``--output-dir``):
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -59,24 +56,10 @@ class LocalRLVR(LocalRun):
 
     def train_rlvr(self) -> Path:
         trainer_dir = self.out / "trainer"
-        port, metrics_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "mtp_trainer.main", "--job", str(self.opts.job_file)]
-        cmd += ["--output-dir", str(trainer_dir), "--resume" if self.opts.resume else "--fresh"]
-        cmd += ["--metrics-port", str(metrics_port)]
-        if self.opts.max_steps is not None:
-            cmd += ["--max-steps", str(self.opts.max_steps)]
-        env = dict(os.environ, **{contracts.ENV_ROLLOUT_URLS: f"http://127.0.0.1:{port}"})
-        self.run_info["trainer_metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics"
-        self.console.print(f"trainer metrics: {self.run_info['trainer_metrics_url']}")
-        log_path = self.out / "trainer.log"
-        metrics_path = trainer_dir / contracts.METRICS_FILE
-        offset = metrics_path.stat().st_size if metrics_path.exists() else 0
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
-            )
-        self.children.groups["trainer"] = proc.pid
-        self._write_run_info()
+        port = free_port()  # the rollout's, handed to the trainer before vLLM starts on it
+        proc, log_path, metrics_path, offset = self.start_trainer(
+            {contracts.ENV_ROLLOUT_URLS: f"http://127.0.0.1:{port}"}
+        )
         self.rl_steps: list[dict[str, Any]] = []
         self.rl_validation: list[dict[str, Any]] = []
         server: VllmServer | None = None

@@ -126,22 +126,16 @@ class LocalRun:
 
     # ------------------------------------------------------------------------------ training
 
-    def train(self) -> Path:
+    def start_trainer(self, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path, Path, int]:
+        """``python -m mtp_trainer.main`` on the job in its own process group, logging to
+        ``OUT/trainer.log``; returns the process, the log, its ``metrics.jsonl`` and where to read it from."""
         trainer_dir = self.out / "trainer"
         port = free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "mtp_trainer.main",
-            "--job",
-            str(self.opts.job_file),
-            "--output-dir",
-            str(trainer_dir),
-        ]
-        cmd += ["--resume" if self.opts.resume else "--fresh", "--metrics-port", str(port)]
+        cmd = [sys.executable, "-m", "mtp_trainer.main", "--job", str(self.opts.job_file)]
+        cmd += ["--output-dir", str(trainer_dir), "--resume" if self.opts.resume else "--fresh"]
+        cmd += ["--metrics-port", str(port)]
         if self.opts.max_steps is not None:
             cmd += ["--max-steps", str(self.opts.max_steps)]
-        total = self.opts.max_steps or self.job.spec.trainer.hyperparameters.max_steps
         self.run_info["trainer_metrics_url"] = f"http://127.0.0.1:{port}/metrics"
         self.console.print(f"trainer metrics: {self.run_info['trainer_metrics_url']}")
         log_path = self.out / "trainer.log"
@@ -149,10 +143,21 @@ class LocalRun:
         offset = metrics_path.stat().st_size if metrics_path.exists() else 0
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=None if env is None else dict(os.environ, **env),
             )
         self.children.groups["trainer"] = proc.pid
         self._write_run_info()
+        return proc, log_path, metrics_path, offset
+
+    def train(self) -> Path:
+        total = self.opts.max_steps or self.job.spec.trainer.hyperparameters.max_steps
+        proc, log_path, metrics_path, offset = self.start_trainer()
+        trainer_dir = self.out / "trainer"
         columns = (
             TextColumn("[bold]train[/bold]"),
             BarColumn(),
