@@ -45,8 +45,10 @@ ROLLOUT_PARTS = {
     "runtime": set(),
     "metrics": set(),
     "observability": {"metrics"},
-    "interface": {"runtime", "metrics"},
+    "interface": {"runtime", "metrics", "speculation"},
     "testing": set(),
+    # The k schedule: pure cost model, schedule choice and controller policy (no vLLM, no I/O).
+    "speculation": set(),
 }
 TEST_ONLY = {"tests", "kmock", "pytest"}
 

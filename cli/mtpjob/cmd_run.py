@@ -19,7 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--fresh", dest="resume", action="store_false", help="delete the output folder and start over")
     parser.add_argument("--max-steps", type=int, default=None, help="override hyperparameters.maxSteps (smoke runs)")
-    parser.add_argument("--prompts", type=int, default=16, help="prompts decoded by the rollout")
+    parser.add_argument("--prompts", type=int, default=32, help="prompts decoded by the rollout")
+    parser.add_argument(
+        "--speed-rounds",
+        type=int,
+        default=3,
+        help="interleaved speculative/plain rounds; the speedup is their median ratio",
+    )
     parser.add_argument(
         "--max-tokens", type=int, default=None, help="tokens per prompt (default rollout.generation.maxTokens)"
     )
@@ -46,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         return EXIT_INVALID_SPEC
+    for flag, value in (("--prompts", args.prompts), ("--speed-rounds", args.speed_rounds)):
+        if value < 1:
+            console.print(f"[red]error:[/red] {flag} must be at least 1, got {value}")
+            return EXIT_INVALID_SPEC
     if job.spec.rollout is None or job.spec.rollout.gpus_per_replica != 0:
         console.print("[red]error:[/red] mtpjob run needs spec.rollout with gpusPerReplica: 0 (vLLM on CPU)")
         return EXIT_INVALID_SPEC
@@ -55,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_steps=args.max_steps,
         prompts=args.prompts,
+        speed_rounds=args.speed_rounds,
         max_tokens=args.max_tokens,
         metrics_port=args.metrics_port,
         compare_plain=args.compare_plain,

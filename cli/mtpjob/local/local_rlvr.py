@@ -30,7 +30,6 @@ from mtp_api import contracts
 from mtp_api import types as t
 from mtp_rollout.runtime.launcher import server_plan
 from mtp_rollout.runtime.server import VllmServer, free_port
-from mtpjob.local.bench import DecodeRun
 from mtpjob.local.local_run import LocalRun, RunError, _tail
 from mtpjob.local.prompts import CHATML
 
@@ -149,9 +148,8 @@ class LocalRLVR(LocalRun):
         gen = (self.job.spec.rollout or t.RolloutSpec()).generation
         prompts = heldout_prompts(self.job, self.opts.prompts)
         max_tokens = self.opts.max_tokens or gen.max_tokens
-        spec, fig, raw = self.rollout(model, prompts, max_tokens)
-        plain = self.plain(model, prompts, max_tokens) if self.opts.compare_plain else None
-        summary = self._summary(spec, fig, raw, plain)
+        spec, fig, raw, speed = self.serve_and_measure(model, prompts, max_tokens)
+        summary = self._summary(spec, fig, raw, speed)
         summary["pipeline"] = "rlvr"
         summary["train_seconds"] = train_s
         summary["rl_steps"] = self.rl_steps
@@ -161,7 +159,7 @@ class LocalRLVR(LocalRun):
             for rec in self.rl_steps + self.rl_validation:
                 fh.write(json.dumps(rec) + "\n")
         plot = plot_rlvr(self.rl_steps, self.rl_validation, self.out / "rlvr.png")
-        self.console.print(rlvr_table(summary, spec, plain))
+        self.console.print(rlvr_table(summary))
         self.console.print(f"plot: {plot}" if plot else "plot: matplotlib missing, no PNG written")
         self.console.print(f"artifacts: {self.out}")
         return summary
@@ -183,7 +181,7 @@ def step_line(rec: dict[str, Any]) -> str:
     )
 
 
-def rlvr_table(summary: dict[str, Any], spec: DecodeRun, plain: DecodeRun | None) -> Table:
+def rlvr_table(summary: dict[str, Any]) -> Table:
     steps = summary["rl_steps"]
     val = summary["rl_validation"]
     table = Table(title=f"mtpjob run {summary['job']}: RLVR with MTP k={summary['num_speculative_tokens']}")
@@ -210,10 +208,11 @@ def rlvr_table(summary: dict[str, Any], spec: DecodeRun, plain: DecodeRun | None
     table.add_row("final weights: acceptance rate", fmt(acc["acceptance_rate"], "{:.1%}"))
     table.add_row("final weights: mean acceptance length", fmt(acc["mean_acceptance_length"], "{:.3f}"))
     table.add_row("final weights: per-position acceptance", " ".join(f"{x:.1%}" for x in acc["per_position"]) or "-")
-    table.add_row("MTP tokens/s (1 request at a time)", f"{spec.tokens_per_second:.1f}")
-    if plain is not None:
-        table.add_row("plain tokens/s", f"{plain.tokens_per_second:.1f}")
-        table.add_row("measured speedup", fmt(summary.get("speedup"), "{:.2f}x"))
+    table.add_row("MTP tokens/s (1 request at a time)", f"{summary['speculative']['tokens_per_second']:.1f}")
+    if "plain" in summary:
+        table.add_row("plain tokens/s", f"{summary['plain']['tokens_per_second']:.1f}")
+        rounds = " ".join(f"{r:.2f}" for r in summary["speed"]["speedup_rounds"])
+        table.add_row("measured speedup (median of rounds)", f"{fmt(summary.get('speedup'), '{:.2f}x')} ({rounds})")
         table.add_row("greedy outputs equal", "yes" if summary.get("greedy_outputs_equal") else "NO")
     return table
 

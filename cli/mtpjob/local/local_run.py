@@ -11,7 +11,9 @@ The run, top to bottom (artifacts under ``--output-dir``, default ``runs/<job-na
    speculation (``launcher.server_plan``, the operator's command line) and decode the prompt set
    while the collector scrapes the server every second: live acceptance on screen and in the
    gauges.
-4. Decode the same prompts on a plain-decoding twin server: speedup and greedy equality.
+4. Speed: the same prompts on the speculative server and a plain-decoding twin (started together
+   with it), in interleaved rounds; the speedup is the median per-round ratio (``PairedSpeed``),
+   and greedy outputs must be equal.
 5. Print the final table; write ``summary.json`` (figures, and vLLM's raw counter deltas so that
    anyone can recompute them), ``outputs.jsonl`` and the logs.
 
@@ -51,7 +53,7 @@ from mtp_rollout.metrics.status import rollout_status
 from mtp_rollout.runtime.checkpoint_check import check_mtp_checkpoint
 from mtp_rollout.runtime.launcher import server_plan
 from mtp_rollout.runtime.server import VllmServer, free_port
-from mtpjob.local.bench import DecodeRun, decode_pass
+from mtpjob.local.bench import DecodeRun, PairedSpeed, decode_pass, paired_passes
 
 
 class RunError(RuntimeError):
@@ -64,10 +66,11 @@ class RunOptions:
     output_dir: Path
     resume: bool = True
     max_steps: int | None = None
-    prompts: int = 16
+    prompts: int = 32
     max_tokens: int | None = None
     metrics_port: int = 0
     compare_plain: bool = True
+    speed_rounds: int = 3
 
 
 @dataclass
@@ -209,21 +212,67 @@ class LocalRun:
     # ------------------------------------------------------------------------------ rollout
 
     def _start_server(self, model: Path, speculative: bool) -> VllmServer:
+        """Start vLLM (the job's MTP speculation, or its plain twin) without waiting for it."""
         port = free_port()
         plan = server_plan(self.job, str(model.resolve()), host="127.0.0.1", port=port, speculative=speculative)
         server = VllmServer(plan, self.out / f"vllm-{'spec' if speculative else 'plain'}.log", port=port).start()
         self.children.servers.append(server)
         self._write_run_info()
-        with self.console.status(f"starting vLLM ({'MTP speculation' if speculative else 'plain decoding'})"):
-            server.wait_ready()
         return server
 
-    def rollout(
+    def _wait_ready(self, *servers: VllmServer) -> None:
+        with self.console.status(f"starting vLLM ({len(servers)} server{'s' if len(servers) > 1 else ''})"):
+            for server in servers:
+                server.wait_ready()
+
+    def _stop_server(self, server: VllmServer) -> None:
+        server.stop()
+        self.children.servers.remove(server)
+
+    def serve_and_measure(
         self, model: Path, prompts: list[str], max_tokens: int
+    ) -> tuple[DecodeRun, WindowFigures, dict[str, float], PairedSpeed | None]:
+        """The speculative pass with live acceptance, then (unless --no-plain) the speed comparison.
+
+        Both servers start together and stay up for the interleaved rounds (``PairedSpeed``)."""
+        spec_server = self._start_server(model, speculative=True)
+        plain_server = self._start_server(model, speculative=False) if self.opts.compare_plain else None
+        try:
+            self._wait_ready(*(s for s in (spec_server, plain_server) if s is not None))
+            run, fig, raw = self.rollout(spec_server, prompts, max_tokens)
+            speed = None
+            if plain_server is not None:
+                speed = self.compare_speed(spec_server, plain_server, prompts, max_tokens, k=run.k)
+        finally:
+            for server in (spec_server, plain_server):
+                if server is not None:
+                    self._stop_server(server)
+        return run, fig, raw, speed
+
+    def compare_speed(
+        self, spec_server: VllmServer, plain_server: VllmServer, prompts: list[str], max_tokens: int, *, k: int
+    ) -> PairedSpeed:
+        rounds = self.opts.speed_rounds
+        with self.console.status(f"speed: MTP k={k} against plain decoding, {rounds} interleaved rounds") as status:
+            return paired_passes(
+                spec_server,
+                plain_server,
+                self.job.metadata.name,
+                prompts,
+                max_tokens,
+                k=k,
+                rounds=rounds,
+                stop=self.stop,
+                on_round=lambda i, r: status.update(
+                    f"speed: round {i + 1}/{rounds}: {r:.2f}x plain (MTP k={k} against plain decoding)"
+                ),
+            )
+
+    def rollout(
+        self, server: VllmServer, prompts: list[str], max_tokens: int
     ) -> tuple[DecodeRun, WindowFigures, dict[str, float]]:
         """Decode with speculation while the collector feeds the gauges; return the run, the collector's figures and raw deltas."""
         k = self.job.spec.rollout.speculative.num_speculative_tokens if self.job.spec.rollout else 1
-        server = self._start_server(model, speculative=True)
         name, ns = self.job.metadata.name, self.job.metadata.namespace or "default"
         collector = Collector(window_s=3600, timeout_s=5)
         target = Target(ns, name, "local", server.base_url + "/metrics")
@@ -250,8 +299,6 @@ class LocalRun:
             loop.call_soon_threadsafe(stop.set)
             thread.join(timeout=15)
         after, _ = counter_series(parse(server.metrics_text()).samples)
-        server.stop()
-        self.children.servers.remove(server)
         inc = increments(before, after)
         raw = {
             "drafts": inc.drafts,
@@ -290,17 +337,6 @@ class LocalRun:
                 raise RunError(f"decoding failed; see {server.log_path}:\n{server.log_tail()}")
         return result["run"]
 
-    def plain(self, model: Path, prompts: list[str], max_tokens: int) -> DecodeRun:
-        server = self._start_server(model, speculative=False)
-        try:
-            with self.console.status("decoding without speculation (for the speedup)"):
-                return decode_pass(
-                    server, self.job.metadata.name, prompts, max_tokens, label="plain", k=0, stop=self.stop
-                )
-        finally:
-            server.stop()
-            self.children.servers.remove(server)
-
     # ------------------------------------------------------------------------------ main
 
     def execute(self) -> dict[str, Any]:
@@ -315,22 +351,21 @@ class LocalRun:
         prompts = pydoc_prompts(self.opts.prompts)
         gen = (self.job.spec.rollout or t.RolloutSpec()).generation
         max_tokens = self.opts.max_tokens or gen.max_tokens
-        spec, collected, raw = self.rollout(model, prompts, max_tokens)
-        plain = self.plain(model, prompts, max_tokens) if self.opts.compare_plain else None
-        summary = self._summary(spec, collected, raw, plain)
+        spec, collected, raw, speed = self.serve_and_measure(model, prompts, max_tokens)
+        summary = self._summary(spec, collected, raw, speed)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         with (self.out / "outputs.jsonl").open("w") as fh:
             for i, prompt in enumerate(prompts):
                 row = {"prompt": prompt, "speculative": spec.outputs[i]}
-                if plain is not None:
-                    row["plain"] = plain.outputs[i]
+                if speed is not None:
+                    row["plain"] = speed.plain[0].outputs[i]
                 fh.write(json.dumps(row) + "\n")
         self.console.print(final_table(summary))
         self.console.print(f"artifacts: {self.out}")
         return summary
 
     def _summary(
-        self, spec: DecodeRun, fig: WindowFigures, raw: dict[str, float], plain: DecodeRun | None
+        self, spec: DecodeRun, fig: WindowFigures, raw: dict[str, float], speed: PairedSpeed | None
     ) -> dict[str, Any]:
         status = rollout_status(fig, ready_replicas=1)
         out: dict[str, Any] = {
@@ -353,10 +388,16 @@ class LocalRun:
             "speculative": {"tokens_per_second": spec.tokens_per_second, "completion_tokens": spec.completion_tokens},
             "metrics_urls": {k: v for k, v in self.run_info.items() if k.endswith("_url")},
         }
-        if plain is not None:
-            out["plain"] = {"tokens_per_second": plain.tokens_per_second, "completion_tokens": plain.completion_tokens}
-            out["speedup"] = spec.tokens_per_second / plain.tokens_per_second if plain.tokens_per_second else None
-            out["greedy_outputs_equal"] = spec.outputs == plain.outputs
+        if speed is not None:
+            # Speed figures come from the interleaved rounds; the live pass above only gives acceptance.
+            out["speculative"]["tokens_per_second"] = speed.spec_tokens_per_second
+            out["plain"] = {
+                "tokens_per_second": speed.plain_tokens_per_second,
+                "completion_tokens": speed.plain[0].completion_tokens,
+            }
+            out["speedup"] = speed.speedup
+            out["speed"] = speed.to_json()
+            out["greedy_outputs_equal"] = speed.outputs_equal and spec.outputs == speed.plain[0].outputs
         return out
 
 
@@ -383,7 +424,8 @@ def final_table(summary: dict[str, Any]) -> Table:
     table.add_row("MTP tokens/s", f"{summary['speculative']['tokens_per_second']:.1f}")
     if "plain" in summary:
         table.add_row("plain tokens/s", f"{summary['plain']['tokens_per_second']:.1f}")
-        table.add_row("measured speedup", fmt(summary.get("speedup"), "{:.2f}x"))
+        rounds = " ".join(f"{r:.2f}" for r in summary["speed"]["speedup_rounds"])
+        table.add_row("measured speedup (median of rounds)", f"{fmt(summary.get('speedup'), '{:.2f}x')} ({rounds})")
         table.add_row("greedy outputs equal", "yes" if summary.get("greedy_outputs_equal") else "NO")
     return table
 
