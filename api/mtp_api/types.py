@@ -18,7 +18,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from mtp_api import contracts
@@ -567,9 +567,80 @@ class TrainerSpec(ApiModel):
 # ----------------------------------------------------------------------------------------- rollout
 
 
+AUTO = "auto"
+DEFAULT_MAX_AUTO_K = 3
+SpeculativeTokens = Annotated[int, Field(ge=1, le=16)] | Literal["auto"]
+
+
+class CalibrationRef(ApiModel):
+    """Where the measured step costs of this model on this hardware live (``mtpjob bench-rollout
+    --calibrate`` writes them next to the export and prints the ConfigMap)."""
+
+    config_map: str = Field(min_length=1, max_length=253, description="ConfigMap in the job's namespace.")
+    key: str = Field(default="calibration.json", min_length=1, max_length=253)
+
+
+class AutoSpeculation(ApiModel):
+    """How numSpeculativeTokens: auto moves k: slowly, and only when it pays (docs/speculation.md)."""
+
+    min_dwell_seconds: int = Field(default=300, ge=0, le=86400, description="Least time between two changes.")
+    hysteresis: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="A new schedule must be predicted this much faster (relative)."
+    )
+    min_drafts: int = Field(default=200, ge=1, description="Drafts a window needs before its acceptance counts.")
+
+
 class SpeculativeConfig(ApiModel):
     method: SpeculativeMethod = SpeculativeMethod.MTP
-    num_speculative_tokens: int = Field(default=1, ge=1, le=16)
+    num_speculative_tokens: SpeculativeTokens = Field(
+        default=1,
+        description="Draft tokens per step (1-16), or auto: k per batch size (0 = no speculation) from the "
+        "calibration and the measured acceptance, up to maxSpeculativeTokens.",
+    )
+    max_speculative_tokens: int | None = Field(
+        default=None, ge=1, le=16, description="The largest k that auto may pick (default 3)."
+    )
+    calibration: CalibrationRef | None = Field(default=None, description="Step costs that auto needs.")
+    auto: AutoSpeculation | None = Field(default=None, description="How auto moves k (defaults apply when unset).")
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "type(self.numSpeculativeTokens) == int ? (self.numSpeculativeTokens >= 1 && "
+                "self.numSpeculativeTokens <= 16) : self.numSpeculativeTokens == 'auto'",
+                "numSpeculativeTokens must be 1-16 or auto",
+                ".numSpeculativeTokens",
+            ),
+            (
+                "type(self.numSpeculativeTokens) == int || self.numSpeculativeTokens != 'auto' || has(self.calibration)",
+                "numSpeculativeTokens: auto needs calibration (a ConfigMap from mtpjob bench-rollout --calibrate)",
+                ".calibration",
+            ),
+        )
+    )
+
+    @model_validator(mode="after")
+    def _auto_needs_calibration(self) -> SpeculativeConfig:
+        if self.is_auto and self.calibration is None:
+            raise ValueError(
+                "numSpeculativeTokens: auto needs calibration: {configMap: NAME} "
+                "(write one with `mtpjob bench-rollout --calibrate`)"
+            )
+        return self
+
+    @property
+    def is_auto(self) -> bool:
+        return self.num_speculative_tokens == AUTO
+
+    @property
+    def max_k(self) -> int:
+        """The most drafts the engine is configured for: k itself, or auto's maximum."""
+        k = self.num_speculative_tokens
+        return (self.max_speculative_tokens or DEFAULT_MAX_AUTO_K) if isinstance(k, str) else k
+
+    @property
+    def auto_settings(self) -> AutoSpeculation:
+        return self.auto or AutoSpeculation()
 
 
 class GenerationConfig(ApiModel):

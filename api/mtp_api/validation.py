@@ -393,7 +393,7 @@ def _rollout_findings(job: t.MTPTrainingJob, errors: list[Finding], warnings: li
                     f"{gen.max_model_len} < trainer seqLength {hp.seq_length}: rollouts cannot fill a training sequence",
                 )
             )
-        k = spec.rollout.speculative.num_speculative_tokens
+        k = spec.rollout.speculative.max_k
         n = spec.model.mtp_num_layers or 0
         if spec.rollout.speculative.method == t.SpeculativeMethod.MTP and 0 < n < k:
             warnings.append(

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except (ManifestError, CheckpointError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         return EXIT_INVALID_SPEC
-    spec_k = job.spec.rollout.speculative.num_speculative_tokens if job.spec.rollout else 1
+    spec_k = job.spec.rollout.speculative.max_k if job.spec.rollout else 1
     ks = args.k or [spec_k]
     out = args.output_dir or Path("runs") / job.metadata.name / "bench"
     try:

@@ -272,7 +272,7 @@ class LocalRun:
         self, server: VllmServer, prompts: list[str], max_tokens: int
     ) -> tuple[DecodeRun, WindowFigures, dict[str, float]]:
         """Decode with speculation while the collector feeds the gauges; return the run, the collector's figures and raw deltas."""
-        k = self.job.spec.rollout.speculative.num_speculative_tokens if self.job.spec.rollout else 1
+        k = self.job.spec.rollout.speculative.max_k if self.job.spec.rollout else 1
         name, ns = self.job.metadata.name, self.job.metadata.namespace or "default"
         collector = Collector(window_s=3600, timeout_s=5)
         target = Target(ns, name, "local", server.base_url + "/metrics")
