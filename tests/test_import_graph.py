@@ -42,7 +42,7 @@ ALLOWED = {
 NARROW = {("mtp_operator", "mtp_rollout"): "mtp_rollout.interface"}
 # Inside the rollout: which parts each part may import (itself always).
 ROLLOUT_PARTS = {
-    "runtime": set(),
+    "runtime": {"speculation"},
     "metrics": set(),
     "observability": {"metrics"},
     "interface": {"runtime", "metrics", "speculation"},

