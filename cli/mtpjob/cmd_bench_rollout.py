@@ -2,6 +2,10 @@
 
 Runs the prompt set on the job's own server settings with and without speculation, for each k,
 and prints throughput ratio, acceptance figures and whether greedy outputs are identical.
+
+``--calibrate`` instead measures the step costs that ``numSpeculativeTokens: auto`` needs
+(``mtpjob.local.calibrate``): it writes ``DIR/mtp_calibration.json`` and the ConfigMap manifest
+that ``spec.rollout.speculative.calibration`` names.
 """
 
 from __future__ import annotations
@@ -9,6 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mtp_api.types import MTPTrainingJob
 
 
 def draft_lengths(text: str) -> list[int]:
@@ -20,6 +30,17 @@ def draft_lengths(text: str) -> list[int]:
     if not all(1 <= k <= 16 for k in ks):
         raise argparse.ArgumentTypeError(f"{text!r}: each draft length must be between 1 and 16")
     return ks
+
+
+def batch_sizes(text: str) -> list[int]:
+    """``--batch-sizes 1,2,4,8``: requests in flight at which to time a step."""
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers such as 1,2,4,8") from None
+    if not sizes or not all(1 <= b <= 4096 for b in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: each batch size must be between 1 and 4096")
+    return sizes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per prompt")
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     parser.add_argument("--output-dir", type=Path, default=None, help="logs and bench.json (default runs/<job>/bench)")
+    cal = parser.add_argument_group("calibration (for numSpeculativeTokens: auto)")
+    cal.add_argument("--calibrate", action="store_true", help="measure step costs instead of the speedup")
+    cal.add_argument("--batch-sizes", type=batch_sizes, default=[1, 2, 4, 8], help="default 1,2,4,8")
+    cal.add_argument("--max-k", type=int, default=None, help="largest k to time (default: the job's maximum)")
+    cal.add_argument("--calibration-tokens", type=int, default=64, help="tokens per timed request")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     spec_k = job.spec.rollout.speculative.max_k if job.spec.rollout else 1
     ks = args.k or [spec_k]
     out = args.output_dir or Path("runs") / job.metadata.name / "bench"
+    if args.calibrate:
+        return _calibrate(args, job, args.max_k or spec_k, out, console)
     try:
         result = run_bench(
             job,
@@ -76,3 +104,42 @@ def run(args: argparse.Namespace) -> int:
     console.print(result_table(result))
     console.print(f"written: {out / 'bench.json'}")
     return 0 if all(result.outputs_equal(r) for r in result.speculative) else 1
+
+
+def _calibrate(args: argparse.Namespace, job: MTPTrainingJob, max_k: int, out: Path, console: Console) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mtp_rollout.runtime.server import ServerError
+    from mtpjob.local.calibrate import calibrate, write_calibration
+    from mtpjob.local.prompts import pydoc_prompts
+
+    if not 1 <= max_k <= 16 or args.calibration_tokens < 8:
+        console.print("[red]error:[/red] --max-k must be 1-16 and --calibration-tokens at least 8")
+        return 2
+    model = Path(args.model).resolve()
+    try:
+        cal = calibrate(
+            job,
+            str(model),
+            pydoc_prompts(max(args.batch_sizes) * 3),
+            max_k=max_k,
+            batch_sizes=args.batch_sizes,
+            workdir=out,
+            tokens=args.calibration_tokens,
+            on_progress=lambda msg: console.log(msg),
+        )
+    except ServerError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        return 1
+    beside, manifest = write_calibration(job, cal, model, out)
+    table = Table(title=f"ms per engine step: {cal.hardware}, {cal.dtype}")
+    table.add_column("engine")
+    for b in cal.batch_sizes:
+        table.add_column(f"batch {b}", justify="right")
+    table.add_row("plain", *(f"{cal.plain_step_s[b] * 1000:.2f}" for b in cal.batch_sizes))
+    for k, row in sorted(cal.spec_step_s.items()):
+        table.add_row(f"mtp k={k}", *(f"{row[b] * 1000:.2f}" for b in cal.batch_sizes))
+    console.print(table)
+    console.print(f"written: {beside}\nConfigMap: kubectl apply -f {manifest}")
+    return 0

@@ -149,3 +149,21 @@ if __name__ == "__main__":
     import sys
 
     make_tiny_qwen3_next(sys.argv[1], head=sys.argv[2] if len(sys.argv) > 2 else "random")  # type: ignore[arg-type]
+
+
+def collapse_mtp_head(src: Path, dst: Path, *, seed: int = 0) -> Path:
+    """A copy of the export ``src`` in ``dst`` whose MTP fusion matrix ``mtp.fc.weight`` is
+    replaced by seeded noise of the same scale: the trunk is untouched (same greedy outputs), the
+    drafter now guesses, and acceptance collapses to near zero. The benchmarks' "collapsed head"."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    tensors = load_file(str(Path(src) / "model.safetensors"))
+    fc = tensors["mtp.fc.weight"]
+    gen = torch.Generator().manual_seed(seed)
+    tensors["mtp.fc.weight"] = (torch.randn(fc.shape, generator=gen) * fc.float().std()).to(fc.dtype)
+    save_file(tensors, str(Path(dst) / "model.safetensors"), metadata={"format": "pt"})
+    return Path(dst)
