@@ -141,6 +141,8 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    # numSpeculativeTokens: auto only: whether the calibration ConfigMap could be read (status.speculation).
+    SPECULATION_CALIBRATED = "SpeculationCalibrated"
 
 
 class ConditionReason(StrEnum):
@@ -160,6 +162,11 @@ class ConditionReason(StrEnum):
     STALLED = "Stalled"
     NODE_LOST = "NodeLost"
     EVICTED = "Evicted"
+    # numSpeculativeTokens: auto: the SpeculationCalibrated condition, and the Event of a new k schedule.
+    CALIBRATED = "Calibrated"
+    CALIBRATION_MISSING = "CalibrationMissing"
+    CALIBRATION_INVALID = "CalibrationInvalid"
+    SPECULATION_SCHEDULE_CHANGED = "SpeculationScheduleChanged"
 
 
 class JobState(StrEnum):
@@ -816,6 +823,64 @@ class RLStatus(ApiModel):
     weight_version: int | None = Field(default=None, ge=0, le=INT64_MAX)
 
 
+class SpeculationEngine(StrEnum):
+    PLAIN = "plain"
+    SPECULATIVE = "speculative"
+
+
+class ScheduleRange(ApiModel):
+    """k drafts for the batch sizes fromBatch..toBatch (inclusive), as vLLM's per-batch-size schedule."""
+
+    from_batch: int = Field(ge=1, le=INT64_MAX)
+    to_batch: int = Field(ge=1, le=INT64_MAX)
+    k: int = Field(ge=0, le=16)
+
+
+class SpeculationDecision(ApiModel):
+    """The controller's latest decision point (every operator scrape round evaluates one)."""
+
+    time: str
+    reason: str = Field(default="", max_length=4096)
+    predicted_gain_current: float | None = Field(default=None, ge=0.0)
+    predicted_gain_new: float | None = Field(default=None, ge=0.0)
+    weight_version: int | None = Field(
+        default=None,
+        ge=0,
+        le=INT64_MAX,
+        description="rlvr: status.rl.weightVersion at this decision; a newer one is the next safe point.",
+    )
+
+
+class CalibrationSummary(ApiModel):
+    """What the calibration ConfigMap holds, in short."""
+
+    model: str
+    hardware: str
+    dtype: str
+    batch_sizes: list[int] = Field(default_factory=list)
+    max_k: int = Field(ge=1, le=INT64_MAX)
+    created: str | None = None
+
+
+class SpeculationStatus(ApiModel):
+    """numSpeculativeTokens: auto: what the rollout runs and why. It is also the controller's memory: a
+    restarted operator resumes from it (running schedule, since, smoothed acceptance, last weight version)."""
+
+    engine: SpeculationEngine = SpeculationEngine.SPECULATIVE
+    schedule: list[ScheduleRange] = Field(default_factory=list, description="k per batch-size range; empty: plain.")
+    description: str = ""
+    since: str | None = Field(default=None, description="When the running schedule was applied; unset: max k.")
+    smoothed_per_position: list[float] | None = None
+    last_decision: SpeculationDecision | None = None
+    predicted_gain: float | None = Field(default=None, ge=0.0, description="Of the running schedule, vs plain.")
+    measured_gain: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Window tokens/s over the calibrated plain tokens/s at the window's batch size.",
+    )
+    calibration: CalibrationSummary | None = None
+
+
 class MTPTrainingJobStatus(ApiModel):
     state: JobState | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -829,6 +894,7 @@ class MTPTrainingJobStatus(ApiModel):
     trainer: TrainerStatus | None = None
     rollout: RolloutStatus | None = None
     rl: RLStatus | None = None
+    speculation: SpeculationStatus | None = None
 
 
 class ObjectMeta(ApiModel):

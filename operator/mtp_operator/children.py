@@ -21,6 +21,7 @@ from mtp_operator.builders.services import (
     build_trainer_service,
 )
 from mtp_operator.builders.trainer import build_trainer_statefulset
+from mtp_rollout.interface import Schedule
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,17 @@ def rollout_config_hash(job: t.MTPTrainingJob) -> str:
     return stable_hash({"model": job.spec.model.wire(), "rollout": job.spec.rollout.wire()})
 
 
-def desired_children(job: t.MTPTrainingJob, scale: Scale = Scale()) -> list[dict[str, Any]]:
+def desired_children(
+    job: t.MTPTrainingJob, scale: Scale = Scale(), schedule: Schedule | None = None
+) -> list[dict[str, Any]]:
     """ConfigMap, headless Service, StatefulSet and, with a rollout, its Service and Deployment; for
     rlvr also the rollout's headless peers Service, through which trainer rank 0 reaches each replica.
+    ``schedule`` is the k schedule ``numSpeculativeTokens: auto`` runs (from ``status.speculation``).
 
     Order matters for a first apply: the ConfigMap and Services exist before the pods that use them.
     """
     out = [
-        build_config_map(job),
+        build_config_map(job, schedule),
         build_trainer_service(job),
         build_trainer_statefulset(
             job,
@@ -80,7 +84,10 @@ def desired_children(job: t.MTPTrainingJob, scale: Scale = Scale()) -> list[dict
             out.append(build_rollout_peers_service(job))
         out.append(
             build_rollout_deployment(
-                job, replicas=job.spec.rollout.replicas if scale.rollout else 0, config_hash=rollout_config_hash(job)
+                job,
+                replicas=job.spec.rollout.replicas if scale.rollout else 0,
+                config_hash=rollout_config_hash(job),
+                schedule=schedule,
             )
         )
     return [_stamp(o) for o in out]

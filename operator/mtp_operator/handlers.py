@@ -27,10 +27,11 @@ from mtp_operator.kube import ApiError, Kube, NotFound
 from mtp_operator.metrics_store import JobKey
 from mtp_operator.observed import ChildState, PodState, observed_from, summarize_child, summarize_pod
 from mtp_operator.periodic import Periodic, paused_by_peers
-from mtp_operator.reconcile import reconcile
+from mtp_operator.reconcile import parse_status, reconcile
 from mtp_operator.runtime import Runtime
 from mtp_operator.scraping import JobScraper
 from mtp_operator.settings import OperatorConfig
+from mtp_operator.speculation import SpeculationRound
 
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 MANAGED_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
@@ -93,6 +94,21 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             if bodies:
                 await run(key, _latest(bodies, None), "timer", context)
 
+        spec_round = runtime.speculation = SpeculationRound(
+            runtime.metrics, min_interval_s=config.status_min_interval_seconds
+        )
+
+        async def speculate(key: JobKey) -> None:
+            """numSpeculativeTokens: auto: one decision point; a new report is copied into status (and the
+            rollout re-rendered) by the job's reconcile, run here at once."""
+            bodies, job = jobs_index.get(key), runtime.job(key)
+            if not bodies or job is None:
+                return
+            stored = runtime.status_written.get(key, _latest(bodies, None).get("status"))
+            now = datetime.datetime.now(datetime.UTC)
+            if await spec_round.round(key, job, parse_status(stored), kube, now):
+                await resync(key)
+
         async def paused() -> bool:
             now = datetime.datetime.now(datetime.UTC)
             for path in _peering_paths(config):
@@ -113,6 +129,7 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             make_scraper=lambda key: JobScraper(key, config, runtime.metrics, metrics.ACCEPTANCE),
             resync=resync,
             paused=None if config.standalone else paused,
+            after_scrape=speculate,
         )
         runtime.background_stop = asyncio.Event()
         runtime.background = asyncio.create_task(loop.run(runtime.background_stop), name="mtp-periodic")

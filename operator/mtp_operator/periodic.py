@@ -7,7 +7,8 @@ instead, so jobs carry no finalizer and the garbage collector deletes their chil
 references, whether or not the operator runs.
 
 - Every ``scrape_seconds`` it runs ``scraping.JobScraper.round`` for every job (at most
-  ``SCRAPE_CONCURRENCY`` jobs at a time); a job that is gone has its scraper closed (gauges removed).
+  ``SCRAPE_CONCURRENCY`` jobs at a time), then ``after_scrape`` for the job (the decision point of
+  ``numSpeculativeTokens: auto``, ``speculation.py``); a job that is gone has its scraper closed.
 - Every ``resync_seconds`` it runs the reconcile of every job (deadlines, the stall watchdog, stuck pods,
   ``ttlSecondsAfterFinished``: the rules that depend on time rather than on an event).
 - With peering, a replica that Kopf would pause (a live peer of higher priority, or another of equal
@@ -52,6 +53,7 @@ class Periodic:
         make_scraper: Callable[[JobKey], JobScraper],
         resync: Resync,
         paused: Paused | None = None,
+        after_scrape: Resync | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.scrape_seconds = scrape_seconds
@@ -62,6 +64,7 @@ class Periodic:
         self._make_scraper = make_scraper
         self._resync = resync
         self._paused = paused
+        self._after_scrape = after_scrape
         self._clock = clock
         self.scrapers: dict[JobKey, JobScraper] = {}
         now = clock()
@@ -110,6 +113,12 @@ class Periodic:
                     await scraper.round(job, self._pods[key] if key in self._pods else [])
                 except Exception as exc:  # noqa: BLE001 - a scraper bug costs one job one round
                     log.warning("scrape of %s/%s failed: %s", *key, str(exc) or type(exc).__name__)
+                if self._after_scrape is None:
+                    return
+                try:
+                    await self._after_scrape(key)
+                except Exception as exc:  # noqa: BLE001 - the next round tries again
+                    log.warning("speculation round of %s/%s failed: %s", *key, str(exc) or type(exc).__name__)
 
         await asyncio.gather(*(one(k) for k in keys))
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from mtp_api import types as t
 from mtp_api.validation import semantic_checks
-from mtp_operator import metrics
+from mtp_operator import metrics, speculation
 from mtp_operator.apply import apply_children, prune_children
 from mtp_operator.builders.common import BuildError
 from mtp_operator.children import Scale, desired_children, stable_hash
@@ -30,6 +30,7 @@ from mtp_operator.metrics_store import JobKey
 from mtp_operator.observed import Observed
 from mtp_operator.runtime import Runtime
 from mtp_operator.status import compute_status
+from mtp_rollout.interface import Schedule
 
 # (type, reason, message) of a Kubernetes Event about the job.
 Event = tuple[str, str, str]
@@ -92,7 +93,8 @@ def _scale(job: t.MTPTrainingJob, status: t.MTPTrainingJobStatus) -> Scale:
 
 
 def events(old: t.MTPTrainingJobStatus | None, new: t.MTPTrainingJobStatus) -> list[Event]:
-    """The Events a status transition deserves: each group restart (its reason), and the end."""
+    """The Events a status transition deserves: each group restart (its reason), the end, and for
+    ``numSpeculativeTokens: auto`` a new schedule or a calibration that cannot be used."""
     out: list[Event] = []
     conds = {c.type: c for c in new.conditions}
     old_state = old.state if old is not None else None
@@ -104,7 +106,7 @@ def events(old: t.MTPTrainingJobStatus | None, new: t.MTPTrainingJobStatus) -> l
         out.append(("Warning", c.reason, c.message))
     elif new.state == t.JobState.SUSPENDED and old_state != t.JobState.SUSPENDED:
         out.append(("Normal", t.ConditionReason.SUSPENDED, "runPolicy.suspend: every pod scaled to 0"))
-    return out
+    return out + speculation.events(old, new)
 
 
 async def _restart_group(
@@ -158,7 +160,8 @@ async def _reconcile_locked(
     outcome = Outcome(state=status.state, events=events(old, status))
     was_terminal = old is not None and old.state in t.TERMINAL_STATES
     if job is not None and not was_terminal and not meta.get("deletionTimestamp"):
-        desired = _desired(key, job, _scale(job, status), runtime)
+        schedule = speculation.applied_schedule(job, status.speculation)
+        desired = _desired(key, job, _scale(job, status), schedule, runtime)
         if _creates(desired, observed, runtime.written[key]) and not await _exists(kube, namespace, name):
             return outcome  # the job is gone and its watch event not yet here: create no orphans
         written = runtime.written[key]
@@ -222,11 +225,14 @@ def _build(key: JobKey, body: Mapping[str, Any], runtime: Runtime) -> tuple[t.MT
     return job, invalid
 
 
-def _desired(key: JobKey, job: t.MTPTrainingJob, scale: Scale, runtime: Runtime) -> list[dict[str, Any]]:
-    cache: dict[Scale, list[dict[str, Any]]] = runtime.built[key][1]["desired"] if key in runtime.built else {}
-    if scale not in cache:
-        cache[scale] = desired_children(job, scale)
-    return cache[scale]
+def _desired(
+    key: JobKey, job: t.MTPTrainingJob, scale: Scale, schedule: Schedule | None, runtime: Runtime
+) -> list[dict[str, Any]]:
+    cache: dict[Any, list[dict[str, Any]]] = runtime.built[key][1]["desired"] if key in runtime.built else {}
+    at = (scale, None if schedule is None else (schedule.engine, schedule.ranges))
+    if at not in cache:
+        cache[at] = desired_children(job, scale, schedule)
+    return cache[at]
 
 
 _STATUS_KEYS = {f.alias or n for n, f in t.MTPTrainingJobStatus.model_fields.items()}

@@ -14,6 +14,7 @@ from typing import Any
 from mtp_operator.metrics_store import JobKey, LatestMetrics
 from mtp_operator.observed import ChildKey
 from mtp_operator.settings import OperatorConfig
+from mtp_operator.speculation import SpeculationRound
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Runtime:
     # The operator-level periodic loop (periodic.py) and the event that stops it.
     background: asyncio.Task[None] | None = None
     background_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # numSpeculativeTokens: auto, the newest speculation status per job between status writes (speculation.py).
+    speculation: SpeculationRound | None = None
 
     def job(self, key: JobKey) -> Any:
         """The typed job last reconciled for ``key`` (None before its first reconcile or if invalid)."""
@@ -46,3 +49,5 @@ class Runtime:
         self.locks.pop(key, None)
         self.built.pop(key, None)
         self.metrics.drop(*key)
+        if self.speculation is not None:
+            self.speculation.forget(key)

@@ -10,7 +10,8 @@ A per-job Kopf daemon (``handlers.py``) calls ``JobScraper.round`` every ``scrap
   and, for rlvr, its ``mtp_trainer_rl_*`` gauges of the latest RL step (reward, accuracy,
   acceptance during the step's generation, weight version).
 
-Nothing here writes status. What goes into ``LatestMetrics`` is the rounded summary of
+Nothing here writes status. Every round's window goes into ``LatestMetrics`` for the speculation round
+(``put_window``); what goes into ``LatestMetrics`` is the rounded summary of
 ``rollout_status``, and only when ``StatusWritePolicy`` says it is worth a write, so the next
 reconcile patches status at most once per ``status_min_interval_seconds`` for acceptance noise.
 """
@@ -28,7 +29,7 @@ from mtp_api import contracts
 from mtp_api import types as t
 from mtp_api.exposition import parse
 from mtp_operator import names
-from mtp_operator.metrics_store import JobKey, LatestMetrics
+from mtp_operator.metrics_store import JobKey, LatestMetrics, RolloutWindow
 from mtp_operator.observed import PodState
 from mtp_operator.settings import OperatorConfig
 from mtp_rollout.interface import AcceptanceExporter, Collector, StatusWritePolicy, Target, fetch_text, rollout_status
@@ -161,6 +162,9 @@ class JobScraper:
             report = await self._collector.scrape(targets)
             figures = self._collector.figures(namespace, name)
             self._exporter.publish(namespace, name, figures, report)
+            # numSpeculativeTokens: auto reads every round's window (speculation.py); vLLM's running-requests
+            # gauge is not collected yet, so the batch size is unknown and the controller weighs sizes evenly.
+            self._store.put_window(namespace, name, RolloutWindow(figures, replicas=len(targets)))
             new = rollout_status(figures, ready_replicas=len(targets))
             now = self._clock()
             if self._policy.should_write(self._last, self._last_at, new, now):

@@ -9,12 +9,12 @@ live numbers (ready replicas, rollout acceptance) move.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from mtp_api import contracts
 from mtp_api import types as t
-from mtp_operator import names
+from mtp_operator import names, speculation
 from mtp_operator.metrics_store import JobMetrics
 from mtp_operator.observed import Observed
 
@@ -265,6 +265,21 @@ def _rl_status(m: t.RLStatus) -> t.RLStatus:
     )
 
 
+def _speculation(
+    job: t.MTPTrainingJob, old: t.MTPTrainingJobStatus | None, metrics: JobMetrics
+) -> tuple[t.SpeculationStatus | None, Cond | None]:
+    """``status.speculation`` and the ``SpeculationCalibrated`` condition (auto only): the speculation
+    round's latest report, else what is stored (a restarted operator resumes from it)."""
+    if not speculation.is_auto(job):
+        return None, None
+    if metrics.speculation is not None:
+        return metrics.speculation.status, speculation.condition(metrics.speculation)
+    kind = t.ConditionType.SPECULATION_CALIBRATED
+    prev = next((c for c in (old.conditions if old is not None else []) if c.type == kind), None)
+    cond: Cond | None = (kind, prev.status, prev.reason, prev.message) if prev is not None else None
+    return (old.speculation if old is not None else None), cond
+
+
 def compute_status(
     job: t.MTPTrainingJob,
     old: t.MTPTrainingJobStatus | None,
@@ -317,6 +332,9 @@ def compute_status(
         previous_running=previous.get(t.ConditionType.RUNNING),
         resumed=resumed,
     )
+    spec_status, spec_cond = _speculation(job, old, metrics) if invalid is None else (None, None)
+    if spec_cond is not None:
+        decided = replace(decided, conditions=(*decided.conditions, spec_cond))
     terminal = decided.state in t.TERMINAL_STATES
     running = decided.state == t.JobState.RUNNING
     return t.MTPTrainingJobStatus(
@@ -330,4 +348,5 @@ def compute_status(
         trainer=trainer,
         rollout=rollout,
         rl=rl,
+        speculation=spec_status,
     )

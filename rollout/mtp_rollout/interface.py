@@ -17,6 +17,10 @@ Two things cross the boundary, and nothing else:
    registry. The vLLM counter names are in ``mtp_api.contracts``; the parser and the arithmetic
    (``mtp_api.exposition``, ``mtp_api.acceptance``) sit in the API package because the trainer
    reads the same counters during RL steps and may not import the rollout.
+3. **How to choose k for ``numSpeculativeTokens: auto``.** The pure policy of ``mtp_rollout.speculation``
+   (``Calibration`` of measured step times, ``Schedule``, the clock-free controller ``decide``): the
+   operator feeds it windows and the calibration ConfigMap, keeps its state in the job's status and
+   renders the chosen ``Schedule`` through ``server_plan(..., schedule=...)``.
 """
 
 from __future__ import annotations
@@ -26,16 +30,36 @@ from mtp_rollout.metrics.collector import Collector, ScrapeReport, Target, fetch
 from mtp_rollout.metrics.exporter import AcceptanceExporter
 from mtp_rollout.metrics.status import StatusWritePolicy, rollout_status
 from mtp_rollout.runtime.launcher import ServerPlan, server_plan
+from mtp_rollout.speculation import (
+    AcceptanceWindow,
+    Calibration,
+    CalibrationError,
+    ControllerConfig,
+    ControllerState,
+    Decision,
+    Schedule,
+    decide,
+    step_seconds,
+)
 
 __all__ = [
     "AcceptanceExporter",
+    "AcceptanceWindow",
+    "Calibration",
+    "CalibrationError",
     "Collector",
+    "ControllerConfig",
+    "ControllerState",
+    "Decision",
+    "Schedule",
     "ScrapeReport",
     "ServerPlan",
     "StatusWritePolicy",
     "Target",
     "WindowFigures",
+    "decide",
     "fetch_text",
     "rollout_status",
     "server_plan",
+    "step_seconds",
 ]

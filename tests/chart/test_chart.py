@@ -80,6 +80,7 @@ def test_default_install_is_cluster_wide_with_cluster_peering(helm: Path) -> Non
     assert verbs[("apps", "statefulsets")] == {"get", "list", "watch", "create", "patch", "delete"}  # pruning
     assert verbs[("", "pods")] == {"get", "list", "watch", "delete"}  # group restarts, force-deleting lost pods
     assert verbs[("", "events")] == {"create"}  # restarts, failures and success are Events
+    assert {"get", "list", "watch"} <= verbs[("", "configmaps")]  # auto k reads the calibration ConfigMap
     assert ("", "secrets") not in verbs
     dep = by_kind(docs, "Deployment")[0]
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/mtp-io/mtp-operator:0.1.0"

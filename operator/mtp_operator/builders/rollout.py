@@ -1,8 +1,8 @@
 """The rollout Deployment: vLLM's OpenAI server, its command line from ``mtp_rollout.interface.server_plan``.
 
 The launcher is the single place that knows vLLM's flags (``--speculative-config`` JSON, TP, CPU
-mode), so a change of ``numSpeculativeTokens`` changes the pod template's args and the Deployment
-rolls. When the model is the trainer's export, an init container waits for its ``config.json`` so
+mode), so a change of ``numSpeculativeTokens``, or of the schedule that ``auto`` chose (passed in from
+``status.speculation``), changes the pod template's args and the Deployment rolls. When the model is the trainer's export, an init container waits for its ``config.json`` so
 vLLM does not crash-loop while training runs.
 
 For rlvr the server also opens vLLM's weight-sync API (``server_plan(weight_sync=True)``): trainer
@@ -21,7 +21,7 @@ from mtp_api import types as t
 from mtp_operator import names
 from mtp_operator.builders import common
 from mtp_operator.builders.model_path import rollout_model_path, serves_trainer_export
-from mtp_rollout.interface import server_plan
+from mtp_rollout.interface import Schedule, server_plan
 
 WAIT_SCRIPT = 'until [ -f "$1" ]; do echo "waiting for $1"; sleep 10; done'
 
@@ -37,10 +37,13 @@ def rollout_volumes(job: t.MTPTrainingJob) -> tuple[list[dict[str, Any]], list[d
     return [v for v, _ in pairs], [m for _, m in pairs]
 
 
-def build_rollout_deployment(job: t.MTPTrainingJob, *, replicas: int, config_hash: str) -> dict[str, Any]:
+def build_rollout_deployment(
+    job: t.MTPTrainingJob, *, replicas: int, config_hash: str, schedule: Schedule | None = None
+) -> dict[str, Any]:
+    """``schedule``: what ``numSpeculativeTokens: auto`` runs (``status.speculation``; None: the maximum k)."""
     rollout = job.spec.rollout or t.RolloutSpec()
     model_path = rollout_model_path(job)
-    plan = server_plan(job, model_path, weight_sync=job.spec.pipeline == t.Pipeline.RLVR)
+    plan = server_plan(job, model_path, weight_sync=job.spec.pipeline == t.Pipeline.RLVR, schedule=schedule)
     volumes, mounts = rollout_volumes(job)
     probe_port = contracts.PORT_ROLLOUT
     container: dict[str, Any] = {
