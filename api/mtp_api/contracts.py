@@ -100,6 +100,9 @@ VLLM_ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
 VLLM_ACCEPTED_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
 VLLM_GENERATION_TOKENS = "vllm:generation_tokens_total"
 VLLM_COUNTERS = (VLLM_DRAFTS, VLLM_DRAFT_TOKENS, VLLM_ACCEPTED, VLLM_ACCEPTED_PER_POS, VLLM_GENERATION_TOKENS)
+# vLLM's gauge of requests in the engine's running batch: its mean over the window is the batch size that
+# numSpeculativeTokens: auto weighs its schedule at (the operator's scrape, mtp_rollout.metrics.collector).
+VLLM_RUNNING = "vllm:num_requests_running"
 # vLLM labels every series with the served model name; the launcher serves a job's model under the job's name.
 VLLM_MODEL_LABEL = "model_name"
 VLLM_POSITION_LABEL = "position"

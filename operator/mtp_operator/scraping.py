@@ -162,9 +162,10 @@ class JobScraper:
             report = await self._collector.scrape(targets)
             figures = self._collector.figures(namespace, name)
             self._exporter.publish(namespace, name, figures, report)
-            # numSpeculativeTokens: auto reads every round's window (speculation.py); vLLM's running-requests
-            # gauge is not collected yet, so the batch size is unknown and the controller weighs sizes evenly.
-            self._store.put_window(namespace, name, RolloutWindow(figures, replicas=len(targets)))
+            # numSpeculativeTokens: auto reads every round's window (speculation.py), with the mean running
+            # requests per pod as the batch size (None when vLLM's gauge is absent: sizes weigh evenly).
+            running = self._collector.mean_running(namespace, name)
+            self._store.put_window(namespace, name, RolloutWindow(figures, replicas=len(targets), batch_size=running))
             new = rollout_status(figures, ready_replicas=len(targets))
             now = self._clock()
             if self._policy.should_write(self._last, self._last_at, new, now):

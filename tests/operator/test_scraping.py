@@ -170,6 +170,11 @@ def test_round_puts_rounded_acceptance_and_rate_limits(tmp_path: Path) -> None:
     assert got.per_position_acceptance == [1.0, 1.0, 1.0]
     assert registry.get_sample_value(mn.ACCEPTANCE_RATE, {"namespace": "team-a", "job": "tiny"}) == 1.0
     assert store.get("team-a", "tiny").trainer is None  # the failing trainer pod cost a log line only
+    # every round's window goes to the store for numSpeculativeTokens: auto: 30 drafts, 1 pod, and the
+    # fixtures' running-requests gauge (0.0 at both scrapes) as the batch size
+    window = store.get("team-a", "tiny").window
+    assert window is not None and window.figures.inc.drafts == 30 and window.replicas == 1
+    assert window.batch_size == 0.0
 
     # figures that stop moving (an idle window) change the summary, but not before the interval
     store.put_rollout("team-a", "tiny", t.RolloutStatus(acceptance_rate=0.123))

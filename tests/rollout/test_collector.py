@@ -196,3 +196,35 @@ def test_exporter_gauges_and_forget():
         assert registry.get_sample_value(mn.POSITION_ACCEPTANCE_RATE, {**labels, "position": "0"}) is None
 
     asyncio.run(main())
+
+
+RUNNING_LINE = 'vllm:num_requests_running{engine="0",model_name="tiny"} 0.0'
+
+
+def with_running(text: str, value: float | None) -> str:
+    """A fixture body with vLLM's running-requests gauge at ``value`` (None: the line removed)."""
+    assert RUNNING_LINE in text
+    return text.replace(RUNNING_LINE, "" if value is None else RUNNING_LINE.replace("0.0", f"{value:.1f}"))
+
+
+def test_mean_running_requests_per_pod_over_the_window():
+    """Scrape means per pod: (4+2)/2 = 3, (6+2)/2 = 4, then p1 loses the gauge: 8 -> mean of 3, 4, 8 = 5;
+    once the first scrapes leave the 25 s window only 4 and 8 remain: 6."""
+
+    async def main() -> None:
+        clock = Clock()
+        p0 = FakePod([with_running(b, v) for b, v in zip(ZERO, (4, 6, 8), strict=True)])
+        p1 = FakePod([with_running(b, v) for b, v in zip(RAND, (2, 2, None), strict=True)])
+        async with serve_pods({"p0": p0, "p1": p1}) as urls:
+            targets = [Target("ns", "tiny", name, url) for name, url in urls.items()]
+            c = Collector(window_s=25, timeout_s=1, clock=clock)
+            assert c.mean_running("ns", "tiny") is None
+            await rounds(c, clock, targets, 3)  # scrapes at t=1000, 1010, 1020; the clock is now 1030
+            clock.t = 1020
+            assert c.mean_running("ns", "tiny") == pytest.approx((3 + 4 + 8) / 3)
+            clock.t = 1035  # 1000 is out of the window [1010, 1035]
+            assert c.mean_running("ns", "tiny") == pytest.approx((4 + 8) / 2)
+            c.forget("ns", "tiny")
+            assert c.mean_running("ns", "tiny") is None
+
+    asyncio.run(main())

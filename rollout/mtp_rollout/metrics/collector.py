@@ -6,21 +6,26 @@ fail, return garbage or nothing, restart, disappear, appear) is bounded by a tim
 that pod's contribution, and leaves one clear log line; ``scrape()`` never raises for a pod.
 
 The per-pod state is the last good counter values; each scrape turns them into reset-aware
-increments (``rates.increments``) that land in the job's ``IncrementWindow``.
+increments (``rates.increments``) that land in the job's ``IncrementWindow``. Each scrape also reads
+vLLM's running-requests gauge; ``mean_running`` is its mean per pod over the window (the batch size
+``numSpeculativeTokens: auto`` weighs its schedule at).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
 
+from mtp_api import contracts
 from mtp_api.acceptance import IncrementWindow, SeriesKey, WindowFigures, counter_series, increments
-from mtp_api.exposition import parse
+from mtp_api.exposition import Sample, parse
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,20 @@ class Target:
 class _PodState:
     series: dict[SeriesKey, float]
     at: float
+    running: float | None = None  # vLLM's running requests at ``at`` (summed over engines), None if absent
+
+
+def running_requests(samples: Iterable[Sample], model_name: str | None = None) -> float | None:
+    """vLLM's running-requests gauge summed over the pod's engines; None when the pod does not serve it."""
+    values = [
+        s.value
+        for s in samples
+        if s.name == contracts.VLLM_RUNNING
+        and (model_name is None or s.label(contracts.VLLM_MODEL_LABEL) in (None, model_name))
+        and math.isfinite(s.value)
+        and s.value >= 0
+    ]
+    return sum(values) if values else None
 
 
 @dataclass
@@ -95,6 +114,7 @@ class Collector:
         self._fetch = fetch
         self._pods: dict[Target, _PodState] = {}
         self._windows: dict[JobKey, IncrementWindow] = {}
+        self._running: dict[JobKey, deque[tuple[float, float]]] = {}  # (time, mean running per pod)
 
     def jobs(self) -> set[JobKey]:
         return set(self._windows)
@@ -106,9 +126,21 @@ class Collector:
             window = IncrementWindow(self.window_s, self.draft_cost_ratio)
         return window.figures(self._clock())
 
+    def mean_running(self, namespace: str, job: str) -> float | None:
+        """Running requests per pod, averaged over the scrapes of the last ``window_s`` seconds (each scrape
+        the mean over the pods that answered with the gauge); None when no scrape in the window had it."""
+        samples = self._running.get((namespace, job))
+        if not samples:
+            return None
+        now = self._clock()
+        while samples and samples[0][0] < now - self.window_s - 1e-9:
+            samples.popleft()
+        return sum(v for _, v in samples) / len(samples) if samples else None
+
     def forget(self, namespace: str, job: str) -> None:
         """Drop a deleted job's window and pods."""
         self._windows.pop((namespace, job), None)
+        self._running.pop((namespace, job), None)
         for target in [t for t in self._pods if t.job_key == (namespace, job)]:
             del self._pods[target]
 
@@ -136,7 +168,18 @@ class Collector:
                 report.ok[target.job_key] = report.ok.get(target.job_key, 0) + 1
             else:
                 report.errors[target.job_key] = report.errors.get(target.job_key, 0) + 1
+        self._fold_running(wanted, now)
         return report
+
+    def _fold_running(self, targets: list[Target], now: float) -> None:
+        """This scrape's mean running requests per pod, per job, over the pods that answered with it."""
+        per_job: dict[JobKey, list[float]] = {}
+        for target in targets:
+            state = self._pods.get(target)
+            if state is not None and state.at == now and state.running is not None:
+                per_job.setdefault(target.job_key, []).append(state.running)
+        for key, values in per_job.items():
+            self._running.setdefault(key, deque()).append((now, sum(values) / len(values)))
 
     def _fold(self, target: Target, body: str | Exception, now: float) -> bool:
         if isinstance(body, Exception):
@@ -158,17 +201,18 @@ class Collector:
                 "scrape of rollout pod %s: no vLLM counters for model %r; keeping the last values", target, target.job
             )
             return False
+        running = running_requests(parsed.samples, model_name=target.job)
         prev = self._pods.get(target)
         if prev is None:
             log.info("rollout pod %s joined; its next scrape starts counting", target)
-            self._pods[target] = _PodState(series, now)
+            self._pods[target] = _PodState(series, now, running)
             return True
         inc = increments(prev.series, series)
         if inc.resets:
             log.info("rollout pod %s: %d counter(s) went down (a restart); counting from zero", target, inc.resets)
         self._windows[target.job_key].add(prev.at, now, inc)
         # Series missing from this scrape keep their last value, so a transient gap loses nothing.
-        self._pods[target] = _PodState({**prev.series, **series}, now)
+        self._pods[target] = _PodState({**prev.series, **series}, now, running)
         return True
 
 
