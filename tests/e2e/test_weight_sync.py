@@ -332,9 +332,13 @@ def test_weight_sync_target_and_drafter(dist: None, tmp_path: Path) -> None:
 class _Stub(ThreadingHTTPServer):
     """A stand-in rollout replica that records the RL-API calls (fast tier: no vLLM)."""
 
-    def __init__(self) -> None:
+    def __init__(self, drafter: bool = True) -> None:
         self.calls: list[tuple[str, Any]] = []
         outer = self
+        # vLLM's /metrics has the speculative-decoding counters only when it runs a drafter
+        metrics = (
+            'vllm:spec_decode_num_drafts_total{engine="0"} 0.0\n' if drafter else "vllm:num_requests_running 0.0\n"
+        )
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
@@ -350,6 +354,14 @@ class _Stub(ThreadingHTTPServer):
 
             def do_GET(self) -> None:
                 outer.calls.append((self.path, None))
+                if self.path == "/metrics":
+                    raw = metrics.encode()
+                    self.send_response(200)
+                    self.send_header("content-type", "text/plain")
+                    self.send_header("content-length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                    return
                 self._reply({"weight_version": "default"} if self.path == "/weight_info" else {})
 
             def do_POST(self) -> None:
@@ -379,7 +391,7 @@ class _Stub(ThreadingHTTPServer):
 
 @pytest.fixture
 def stubs() -> Iterator[list[_Stub]]:
-    servers = [_Stub(), _Stub()]
+    servers = [_Stub(), _Stub(drafter=False)]  # the second: a replica that auto k restarted as a plain engine
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for t in threads:
         t.start()
@@ -405,13 +417,15 @@ def test_weight_sync_protocol_against_stub_replicas(dist: None, tmp_path: Path, 
     sync = WeightSync(model, m, client, tmp_path / "sync", keep=1)
     assert sync.sync() == 1 and sync.sync() == 2
     payload = {"update_info": {"path": str((tmp_path / "sync" / "v2").resolve()), "files": ["model.safetensors"]}}
-    for stub in stubs:
+    target = ["/start_weight_update", "/update_weights", "/finish_weight_update"]
+    draft = ["/start_draft_weight_update", "/update_weights", "/finish_weight_update"]
+    tail = ["/update_weight_version", "/reset_prefix_cache", "/resume"]
+    for stub, drafts in zip(stubs, (True, False), strict=True):
         paths = [p for p, _ in stub.calls]
-        one = ["/pause?mode=wait", "/start_weight_update", "/update_weights", "/finish_weight_update",
-               "/start_draft_weight_update", "/update_weights", "/finish_weight_update",
-               "/update_weight_version", "/reset_prefix_cache", "/resume"]  # fmt: skip
-        assert paths == [one[0], "/init_weight_transfer_engine", *one[1:], *one]
-        assert stub.calls[-8] == ("/update_weights", payload)
+        one = ["/pause?mode=wait", *target, *(draft if drafts else []), *tail]
+        # the first sync asks the replica whether it has a drafter, then initialises its engine
+        assert paths == [one[0], "/metrics", "/init_weight_transfer_engine", *one[1:], *one]
+        assert stub.calls[-(8 if drafts else 5)] == ("/update_weights", payload)
         assert stub.calls[-3] == ("/update_weight_version", {"new_version": "2"})
     # Only the newest version stays (keep=1), written whole, with the export's names and values.
     assert [p.name for p in (tmp_path / "sync").iterdir()] == ["v2"]

@@ -37,6 +37,8 @@ from mtp_trainer.rl.rollout_client import RolloutClient
 
 SHARED_FS = contracts.WEIGHT_SYNC_BACKEND  # the rollout registers the engine under this name
 WEIGHTS_FILE = "model.safetensors"
+# vLLM registers its speculative-decoding counters only when the engine has a drafter.
+DRAFTER_METRIC = "vllm:spec_decode_num_drafts"
 
 
 def version_dir(sync_dir: Path, version: int) -> Path:
@@ -50,6 +52,10 @@ class WeightSync:
     each :meth:`sync` advances it by one and returns the new value. ``drafter=False`` skips the
     draft step (a rollout without MTP speculation has no drafter to update). ``keep`` versions
     stay on disk; older ones are removed once every replica has loaded a newer one.
+
+    Whether a replica has a drafter is asked of the replica itself, each time its transfer engine
+    is (re)initialised: with ``numSpeculativeTokens: auto`` the operator may restart replicas as
+    plain engines (and back), and a plain vLLM answers the draft update with an error.
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class WeightSync:
         self.version = start_version
         self.keep = max(1, keep)
         self._initialised: set[str] = set()
+        self._has_drafter: dict[str, bool] = {}
         self.last_timings: dict[str, float] = {}
 
     @property
@@ -119,10 +126,11 @@ class WeightSync:
     def _load_one(self, url: str, payload: dict[str, Any], version: int) -> None:
         c = self.client
         if url not in self._initialised:
+            self._has_drafter[url] = self.drafter and DRAFTER_METRIC in str(c.request(url, "/metrics", timeout_s=30))
             c.post(url, "/init_weight_transfer_engine", {"init_info": {}})
             self._initialised.add(url)
         steps = ["/start_weight_update"]
-        if self.drafter:
+        if self._has_drafter.get(url, self.drafter):
             steps.append("/start_draft_weight_update")
         for start in steps:
             c.post(url, start)
