@@ -802,6 +802,11 @@ class TrainerStatus(ApiModel):
     step: int | None = Field(default=None, ge=0, le=INT64_MAX)
     lm_loss: float | None = None
     mtp_loss: float | None = None
+    mtp_agreement: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        default=None,
+        description="Per MTP depth: top-1 agreement with the actual next tokens on the latest training step "
+        "(in RL, the policy's own samples); numSpeculativeTokens: auto reads it while the rollout drafts nothing.",
+    )
 
 
 class RolloutStatus(ApiModel):

@@ -62,12 +62,14 @@ def trainer_url(job: t.MTPTrainingJob, pods: Iterable[PodState]) -> str | None:
 
 
 def trainer_status(text: str) -> t.TrainerStatus | None:
-    """Step, train lm loss and the mean train MTP loss over depths from the trainer's exposition.
+    """Step, train lm loss, the mean train MTP loss over depths and the per-depth MTP agreement from
+    the trainer's exposition.
 
     Garbage lines are skipped by the parser; a body without ``mtp_trainer_step`` gives None."""
     step: float | None = None
     lm: float | None = None
     mtp: list[float] = []
+    agreement: dict[int, float] = {}
     for s in parse(text).samples:
         if not math.isfinite(s.value):
             continue
@@ -77,9 +79,22 @@ def trainer_status(text: str) -> t.TrainerStatus | None:
             lm = s.value
         elif s.name == contracts.TRAINER_MTP_LOSS and s.label("split") in (None, "train"):
             mtp.append(s.value)
+        elif s.name == contracts.TRAINER_MTP_AGREEMENT and s.label("split") in (None, "train"):
+            depth = s.label("depth")
+            if depth is not None and depth.isdigit() and 0.0 <= s.value <= 1.0:
+                agreement[int(depth)] = s.value
     if step is None or step < 0:
         return None
-    return t.TrainerStatus(step=int(step), lm_loss=lm, mtp_loss=sum(mtp) / len(mtp) if mtp else None)
+    # depths 1..n without a gap; a garbage or missing depth ends the list there
+    depths: list[float] = []
+    while len(depths) + 1 in agreement:
+        depths.append(agreement[len(depths) + 1])
+    return t.TrainerStatus(
+        step=int(step),
+        lm_loss=lm,
+        mtp_loss=sum(mtp) / len(mtp) if mtp else None,
+        mtp_agreement=depths or None,
+    )
 
 
 # rank 0's RL gauges (trainer/mtp_trainer/rl/metrics.py) -> RLStatus fields; reward and accuracy are

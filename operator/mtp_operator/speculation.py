@@ -46,6 +46,7 @@ from mtp_rollout.interface import (
     Schedule,
     decide,
     step_seconds,
+    unconditional_from_depth_accuracy,
 )
 
 # The largest batch a schedule covers: vLLM's default max_num_seqs (the launcher sets none); vLLM carries
@@ -206,8 +207,13 @@ def next_status(
     *,
     now: datetime.datetime,
     weight_version: int | None,
+    trainer_agreement: list[float] | None = None,
 ) -> tuple[t.SpeculationStatus, bool]:
-    """One decision point, pure: the next ``status.speculation`` and whether it changes the schedule."""
+    """One decision point, pure: the next ``status.speculation`` and whether it changes the schedule.
+
+    While the engine is plain it drafts nothing, so the rollout has no acceptance to show; the
+    evidence is then the trainer's per-depth MTP agreement on its latest step (``status.trainer``),
+    which is how speculation comes back once the head recovers."""
     assert job.spec.rollout is not None
     spec = job.spec.rollout.speculative
     config = controller_config(spec.auto_settings)
@@ -222,6 +228,8 @@ def next_status(
     if weight_version is None:
         weight_version = recorded  # rank 0 not scraped this round: the boundary seen last still counts
     aw = acceptance_window(window)
+    if state.schedule is not None and state.schedule.engine == "plain" and trainer_agreement:
+        aw = AcceptanceWindow(unconditional_from_depth_accuracy(trainer_agreement), 0.0, "trainer", aw.batch_size)
     common: dict[str, Any] = {
         "calibration": calibration_summary(cal),
         "measured_gain": _r(measured_gain(window, cal)),
@@ -348,8 +356,15 @@ class SpeculationRound:
             applied = False
         else:
             rl = metrics.rl or (status.rl if status is not None else None)
+            trainer = metrics.trainer or (status.trainer if status is not None else None)
             new, applied = next_status(
-                job, old, metrics.window, cal, now=now, weight_version=rl.weight_version if rl is not None else None
+                job,
+                old,
+                metrics.window,
+                cal,
+                now=now,
+                weight_version=rl.weight_version if rl is not None else None,
+                trainer_agreement=trainer.mtp_agreement if trainer is not None else None,
             )
             summary = (
                 f"{cal.model} on {cal.hardware} ({cal.dtype}), batch sizes {list(cal.batch_sizes)}, k <= {cal.max_k}"

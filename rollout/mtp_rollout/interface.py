@@ -40,6 +40,7 @@ from mtp_rollout.speculation import (
     Schedule,
     decide,
     step_seconds,
+    unconditional_from_depth_accuracy,
 )
 
 __all__ = [
@@ -62,4 +63,5 @@ __all__ = [
     "rollout_status",
     "server_plan",
     "step_seconds",
+    "unconditional_from_depth_accuracy",
 ]

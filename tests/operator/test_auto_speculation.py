@@ -187,6 +187,33 @@ def test_rlvr_changes_only_at_a_newer_weight_version() -> None:
     assert newer.last_decision.weight_version == 2
 
 
+def test_while_plain_the_trainers_agreement_brings_speculation_back() -> None:
+    """A plain engine drafts nothing; the trainer's MTP agreement on the policy's samples is the evidence.
+
+    By hand: smoothed [0.02, 0.0] (the collapse) and a trainer window [0.9] (depth 1 only) with
+    alpha 0.5 -> [0.46, 0.0] (position 1 keeps its value). E_1 = E_2 = 1.46. Gains, uniform over
+    batch sizes 1 and 8: k=1 1.46*10/12 = 1.2167 and 1.46*12/15 = 1.168 (mean 1.1923); k=2
+    1.46*10/13 = 1.123 and 1.46*12/16 = 1.095 -> k=1 everywhere, 1.192 > plain's 1.0 by more than
+    the 5% hysteresis."""
+    job = typed(auto_manifest())
+    plain, applied = sp.next_status(job, None, window(COLLAPSED), calibration(), now=NOW, weight_version=None)
+    assert applied and plain.engine == "plain"
+    later = NOW + datetime.timedelta(minutes=1)
+    # no trainer figure: a plain engine's empty windows change nothing
+    same, applied = sp.next_status(job, plain, window([], drafts=0), calibration(), now=later, weight_version=None)
+    assert not applied and same.engine == "plain"
+    back, applied = sp.next_status(job, same, window([], drafts=0), calibration(), now=later, weight_version=None,
+                                   trainer_agreement=[0.9])  # fmt: skip
+    assert applied and back.engine == "speculative"
+    assert [r.wire() for r in back.schedule] == [{"fromBatch": 1, "toBatch": 256, "k": 1}]
+    assert back.smoothed_per_position == [0.46, 0.0]
+    assert back.predicted_gain == pytest.approx((1.46 * 10 / 12 + 1.46 * 12 / 15) / 2, abs=1e-3)
+    # while the engine drafts, the rollout's own acceptance is the evidence, not the trainer's
+    again, _ = sp.next_status(job, back, window(HEALTHY), calibration(), now=later, weight_version=None,
+                              trainer_agreement=[0.0])  # fmt: skip
+    assert again.smoothed_per_position == [round(0.5 * 0.9 + 0.5 * 0.46, 3), 0.4]
+
+
 def test_status_is_the_controllers_memory() -> None:
     """A restarted operator rebuilds the state from status.speculation alone."""
     job = typed(auto_manifest())

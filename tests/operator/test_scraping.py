@@ -56,9 +56,37 @@ def test_trainer_status_from_the_trainers_own_exposition(tmp_path: Path) -> None
     m.record(StepRecord(step=42, lm_loss=9.9, mtp_loss=[9.9, 9.9], mtp_agreement=[0.0, 0.0], lm_agreement=0.0,
                         tokens_per_s=0.0, step_s=0.0, learning_rate=0.0, split="validation"))  # fmt: skip
     text = generate_latest(m.registry).decode()
-    assert trainer_status(text) == t.TrainerStatus(step=42, lm_loss=2.5, mtp_loss=3.5)
+    assert trainer_status(text) == t.TrainerStatus(step=42, lm_loss=2.5, mtp_loss=3.5, mtp_agreement=[0.3, 0.2])
     assert trainer_status("garbage {{{\nmtp_trainer_step NaN\n") is None
     assert trainer_status("") is None
+
+
+def test_trainer_agreement_depths_stop_at_a_gap_or_garbage() -> None:
+    name = "mtp_trainer_mtp_agreement"
+    head = "mtp_trainer_step 7\n"
+    gap = head + f'{name}{{split="train",depth="1"}} 0.8\n{name}{{split="train",depth="3"}} 0.5\n'
+    assert trainer_status(gap) == t.TrainerStatus(step=7, mtp_agreement=[0.8])
+    garbage = head + f'{name}{{split="train",depth="1"}} 1.7\n{name}{{split="train",depth="2"}} 0.4\n'
+    assert trainer_status(garbage) == t.TrainerStatus(step=7)  # depth 1 out of [0, 1]: nothing usable
+    other_split = head + f'{name}{{split="validation",depth="1"}} 0.9\n'
+    assert trainer_status(other_split) == t.TrainerStatus(step=7)
+
+
+def test_rl_steps_publish_the_heads_agreement_on_the_policys_samples(tmp_path: Path) -> None:
+    """RL records set the same per-depth gauges (split train) that auto k reads while the rollout is plain."""
+    from mtp_trainer.config import MetricsConfig
+    from mtp_trainer.metrics import Metrics
+    from mtp_trainer.rl.metrics import RLMetrics, RLStepRecord
+
+    m = Metrics(MetricsConfig(job="tiny", namespace="team-a", port=0), tmp_path)
+    rl = RLMetrics(m)
+    rl.record(RLStepRecord(step=3, weight_version=3, reward_mean=0.5, reward_std=0.1, accuracy=0.5,
+                           parse_failures=0, samples=8, response_length_mean=10.0, policy_loss=0.1, entropy=1.0,
+                           clip_fraction=0.0, kl_old=0.0, kl_ref=None, mtp_loss=[0.7], mtp_agreement=[0.81],
+                           grad_norm=[1.0], learning_rate=1e-5, phase_seconds={"generate": 1.0},
+                           generated_tokens=80, generation_tokens_per_s=40.0))  # fmt: skip
+    status = trainer_status(generate_latest(m.registry).decode())
+    assert status is not None and status.step == 3 and status.mtp_agreement == [0.81]
 
 
 def _rl_record(step: int, **over: object) -> object:

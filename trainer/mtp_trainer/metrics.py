@@ -91,15 +91,21 @@ class Metrics:
         if self.enabled:
             self.step.labels(**self._base).set(step)
 
+    def set_mtp(self, split: str, losses: list[float], agreements: list[float]) -> None:
+        """Per-depth MTP loss and top-1 agreement gauges (depth 1 = the token after next)."""
+        if not self.enabled:
+            return
+        for d, (loss, agree) in enumerate(zip(losses, agreements, strict=True), start=1):
+            self.mtp_loss.labels(**self._base, split=split, depth=str(d)).set(loss)
+            self.mtp_agreement.labels(**self._base, split=split, depth=str(d)).set(agree)
+
     def record(self, rec: StepRecord) -> None:
         if not self.enabled:
             return
         b = self._base
         split = rec.split
         self.lm_loss.labels(**b, split=split).set(rec.lm_loss)
-        for d, (loss, agree) in enumerate(zip(rec.mtp_loss, rec.mtp_agreement, strict=True), start=1):
-            self.mtp_loss.labels(**b, split=split, depth=str(d)).set(loss)
-            self.mtp_agreement.labels(**b, split=split, depth=str(d)).set(agree)
+        self.set_mtp(split, rec.mtp_loss, rec.mtp_agreement)
         if split == "train" and self.phase is None:
             self.step.labels(**b).set(rec.step)
             self.tokens_per_s.labels(**b).set(rec.tokens_per_s)

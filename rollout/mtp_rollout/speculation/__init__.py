@@ -7,7 +7,14 @@ gain), ``schedule`` (plain engine or a per-batch-size k schedule, as vLLM's conf
 
 from __future__ import annotations
 
-from .controller import AcceptanceWindow, ControllerConfig, ControllerState, Decision, decide
+from .controller import (
+    AcceptanceWindow,
+    ControllerConfig,
+    ControllerState,
+    Decision,
+    decide,
+    unconditional_from_depth_accuracy,
+)
 from .cost_model import (
     Calibration,
     CalibrationError,
@@ -33,4 +40,5 @@ __all__ = [
     "predicted_tokens_per_s",
     "step_seconds",
     "to_vllm",
+    "unconditional_from_depth_accuracy",
 ]

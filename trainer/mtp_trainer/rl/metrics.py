@@ -125,6 +125,10 @@ class RLMetrics:
         self._set(contracts.RL_ACCEPTANCE_RATE, rec.acceptance_rate)
         self._set(contracts.RL_MEAN_ACCEPTANCE_LENGTH, rec.mean_acceptance_length)
         self._set(contracts.RL_GENERATION_TOKENS_PER_SECOND, rec.generation_tokens_per_s)
+        # The MTP head's loss and top-1 agreement on the policy's own samples (standalone/joint): the
+        # operator's evidence for numSpeculativeTokens: auto while the rollout drafts nothing.
+        if len(rec.mtp_loss) == len(rec.mtp_agreement):  # disabled mode: the head is not run, both empty
+            self.base.set_mtp("train", rec.mtp_loss, rec.mtp_agreement)
         self.base.set_step(rec.step)
         self._write(rec.to_json())
 
