@@ -32,13 +32,13 @@ class _ScriptedServer:
         return ""
 
 
-def test_rounds_alternate_and_speedup_is_the_median_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rounds_alternate_and_speedup_compares_the_fastest_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
     calls: list[str] = []
     # 2 prompts per pass, 10 tokens per answer -> 20 tokens per pass.
-    # spec passes take 1.0, 2.0, 1.0 s; plain passes 2.0, 2.0, 4.0 s (per prompt: half of it).
-    spec = _ScriptedServer("spec", 10, [0.5, 0.5, 1.0, 1.0, 0.5, 0.5], clock, calls)
+    # spec passes take 1.0, 2.0, 0.8 s; plain passes 2.0, 2.0, 4.0 s (per prompt: half of it).
+    spec = _ScriptedServer("spec", 10, [0.5, 0.5, 1.0, 1.0, 0.4, 0.4], clock, calls)
     plain = _ScriptedServer("plain", 10, [1.0, 1.0, 1.0, 1.0, 2.0, 2.0], clock, calls)
     speed = paired_passes(spec, plain, "m", ["a", "b"], 64, k=2, rounds=3)  # type: ignore[arg-type]
 
@@ -56,13 +56,15 @@ def test_rounds_alternate_and_speedup_is_the_median_ratio(monkeypatch: pytest.Mo
         "plain",
         "plain",
     ]
-    # tokens/s: spec 20, 10, 20; plain 10, 10, 5 -> ratios 2.0, 1.0, 4.0 -> median 2.0
-    assert speed.ratios == [2.0, 1.0, 4.0]
-    assert speed.speedup == 2.0
-    assert speed.spec_tokens_per_second == 20.0
-    assert speed.plain_tokens_per_second == 10.0
+    # tokens/s: spec 20, 10, 25; plain 10, 10, 5 -> ratios 2.0, 1.0, 5.0 (median 2.0);
+    # fastest passes: spec 25, plain 10 -> 2.5
+    assert speed.ratios == pytest.approx([2.0, 1.0, 5.0])
+    assert speed.median_ratio == pytest.approx(2.0)
+    assert speed.spec_tokens_per_second == pytest.approx(25.0)
+    assert speed.plain_tokens_per_second == pytest.approx(10.0)
+    assert speed.speedup == pytest.approx(2.5)
     assert speed.outputs_equal
-    assert speed.to_json()["speedup_rounds"] == [2.0, 1.0, 4.0]
+    assert speed.to_json()["speedup_rounds"] == pytest.approx([2.0, 1.0, 5.0])
 
 
 def test_one_differing_round_makes_outputs_unequal() -> None:
