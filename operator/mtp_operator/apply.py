@@ -1,65 +1,34 @@
-"""Make the children match the desired objects: create what is missing, patch what drifted, nothing else.
+"""Make the children match the desired objects with server-side apply, and write only when needed.
 
-"Drifted" means the ``mtp.io/spec-hash`` annotation differs from the desired one. What the operator
-last wrote is remembered in ``written`` until the watch shows it, so a reconcile that runs before
-the watch event arrives does not write again. A 409 on create (the child exists but has not been
-seen yet, e.g. right after an operator restart) is answered with a patch, never a second object.
+Every write is a server-side apply (``fieldManager: mtp-operator``, ``force``): the API server creates
+a missing child, removes the fields the operator applied before and no longer sends, and takes back the
+fields someone else changed. A child is applied when
 
-Children lose fields: every write records what it sent in ``mtp.io/last-applied`` (kubectl's client-side
-apply), and the next patch nulls what was sent then and is not sent now. A workload (StatefulSet,
-Deployment) whose generation moved past the operator's own last write was edited by hand and is patched
-back. Children that are no longer desired are deleted (``prune_children``).
+- it is missing, or its ``mtp.io/spec-hash`` annotation differs from the desired one (the spec changed);
+- or the operator's applied set in ``managedFields`` no longer covers every desired field
+  (``ownership.owns``): a hand edit moved a field to another manager, or deleted it.
+
+Otherwise nothing is sent, so an idle reconcile writes nothing. What the operator last wrote is
+remembered in ``written`` until the watch shows it, so a reconcile that runs before the watch event
+arrives does not write again. Children that are no longer desired are deleted (``prune_children``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from mtp_operator import metrics, names
-from mtp_operator.kube import Conflict, Kube
+from mtp_operator import metrics, names, ownership
+from mtp_operator.kube import Kube
 from mtp_operator.observed import ChildKey, ChildState, Observed
 
 Written = MutableMapping[ChildKey, str]
+# (resourceVersion, spec hash) of each child already found to carry every applied field.
+Owned = MutableMapping[ChildKey, tuple[str, str]]
 
 
 def desired_hash(obj: dict[str, Any]) -> str:
     return str(obj["metadata"]["annotations"][names.ANNOTATION_SPEC_HASH])
-
-
-def _patch_body(obj: dict[str, Any]) -> dict[str, Any]:
-    """Everything the operator owns in the object, with what it sends recorded in ``mtp.io/last-applied``;
-    a merge patch replaces lists such as containers."""
-    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
-    body["metadata"] = {**body["metadata"], "annotations": dict(body["metadata"].get("annotations") or {})}
-    body["metadata"]["annotations"][names.ANNOTATION_LAST_APPLIED] = json.dumps(
-        {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return body
-
-
-def removals(last: Any, new: Any) -> Any:
-    """``new`` with a null for every mapping key that ``last`` had and ``new`` has not (recursively): a merge
-    patch that removes the fields the operator stopped sending. Lists are replaced whole by a merge patch."""
-    if not isinstance(last, dict) or not isinstance(new, dict):
-        return new
-    out = {k: removals(last.get(k), v) for k, v in new.items()}
-    out.update({k: None for k in last if k not in new})
-    return out
-
-
-def _patch(obj: dict[str, Any], seen: ChildState | None) -> dict[str, Any]:
-    body = _patch_body(obj)
-    if seen is None or not seen.last_applied:
-        return body
-    try:
-        last = json.loads(seen.last_applied)
-    except ValueError:
-        return body
-    return dict(removals(last, body))
 
 
 def settle_written(observed: Observed, written: Written) -> None:
@@ -70,10 +39,14 @@ def settle_written(observed: Observed, written: Written) -> None:
             del written[key]
 
 
-def _generation(response: Any) -> int | None:
-    meta = response.get("metadata") if isinstance(response, dict) else None
-    gen = (meta or {}).get("generation")
-    return int(gen) if gen is not None else None
+def _owned(key: ChildKey, seen: ChildState, obj: dict[str, Any], want: str, owned: Owned) -> bool:
+    """Whether the operator still owns every field of ``obj``, checked once per resourceVersion."""
+    if owned.get(key) == (seen.resource_version, want):
+        return True
+    if not ownership.owns(seen.applied_fields, obj):
+        return False
+    owned[key] = (seen.resource_version, want)
+    return True
 
 
 async def apply_children(
@@ -82,46 +55,33 @@ async def apply_children(
     desired: Sequence[dict[str, Any]],
     observed: Observed,
     written: Written,
-    generations: MutableMapping[ChildKey, int] | None = None,
+    owned: Owned | None = None,
 ) -> list[str]:
-    """Returns the actions taken, e.g. ``["create StatefulSet/x"]``; empty when all is in place.
-
-    ``generations`` is the generation of each workload after the operator's own last write: a workload
-    seen at a later generation was edited by someone else, and is patched back (its own fields)."""
+    """Returns the actions taken, e.g. ``["create StatefulSet/x"]``; empty when all is in place."""
     settle_written(observed, written)
-    generations = {} if generations is None else generations
+    owned = {} if owned is None else owned
     actions: list[str] = []
     for obj in desired:
         kind, name = obj["kind"], obj["metadata"]["name"]
         key = (kind, name)
         want = desired_hash(obj)
         seen = observed.child(kind, name)
-        have = written.get(key, seen.spec_hash if seen is not None else None)
-        edited = (
-            seen is not None
-            and seen.generation is not None
-            and key not in written
-            and seen.generation > generations.setdefault(key, seen.generation)
-        )
-        if seen is None and key not in written:
-            try:
-                response = await kube.create(namespace, {**obj, **_patch_body(obj)})
-                metrics.CHILD_WRITES.labels(kind, "create").inc()
-                actions.append(f"create {kind}/{name}")
-            except Conflict:
-                response = await kube.merge_patch(namespace, kind, name, _patch_body(obj))
-                metrics.CHILD_WRITES.labels(kind, "patch").inc()
-                actions.append(f"adopt {kind}/{name}")
-        elif have != want or edited:
-            response = await kube.merge_patch(namespace, kind, name, _patch(obj, seen))
-            metrics.CHILD_WRITES.labels(kind, "patch").inc()
-            actions.append(f"patch {kind}/{name}" + (" (edited by hand: reverted)" if have == want else ""))
+        if key in written:
+            if written[key] == want:
+                continue  # written, not seen yet
+            action = "apply"
+        elif seen is None:
+            action = "create"
+        elif seen.spec_hash != want:
+            action = "apply"
+        elif not _owned(key, seen, obj, want, owned):
+            action = "apply (edited by hand: reverted)"
         else:
             continue
+        await kube.apply(namespace, {k: v for k, v in obj.items() if k != "status"})
+        metrics.CHILD_WRITES.labels(kind, "apply").inc()
         written[key] = want
-        gen = _generation(response)
-        if gen is not None:
-            generations[key] = gen
+        actions.append(f"{action} {kind}/{name}")
     return actions
 
 

@@ -203,7 +203,7 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if event.get("type") == "DELETED":
             kind = (event.get("object") or {}).get("kind", "")
             kwargs["memo"].runtime.written[key].pop((kind, meta.get("name", "")), None)
-            kwargs["memo"].runtime.generations[key].pop((kind, meta.get("name", "")), None)
+            kwargs["memo"].runtime.owned[key].pop((kind, meta.get("name", "")), None)
         await run(key, _latest(kwargs["idx_jobs"][key], None), "child", kwargs)
 
     for group, version, plural, _ in (*CHILD_KINDS, POD_KIND):

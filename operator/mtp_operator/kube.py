@@ -33,6 +33,7 @@ _PATHS = {
 }
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
+APPLY = {"Content-Type": "application/apply-patch+yaml"}  # a JSON body is YAML too
 MANAGER = "mtp-operator"
 
 
@@ -41,7 +42,7 @@ def collection(kind: str, namespace: str) -> str:
 
 
 class Kube:
-    """Create, merge-patch and delete by kind and name; counts its own writes for the metrics."""
+    """Apply, create, merge-patch and delete by kind and name."""
 
     def __init__(self, settings: configuration.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any]):
         self.settings = settings
@@ -61,6 +62,12 @@ class Kube:
 
     async def create(self, namespace: str, obj: dict[str, Any]) -> Any:
         return await self._call("post", collection(obj["kind"], namespace), obj)
+
+    async def apply(self, namespace: str, obj: dict[str, Any]) -> Any:
+        """Server-side apply as ``mtp-operator``, forced: creates the object if it is missing, takes back
+        fields others changed, and removes fields the operator applied before and no longer sends."""
+        url = f"{collection(obj['kind'], namespace)}/{obj['metadata']['name']}?fieldManager={MANAGER}&force=true"
+        return await self._call("patch", url, obj, APPLY)
 
     async def merge_patch(
         self, namespace: str, kind: str, name: str, patch: dict[str, Any], subresource: str | None = None

@@ -29,9 +29,6 @@ NOT_PROPAGATED_PREFIXES = ("kubectl.kubernetes.io/", "kopf.zalando.org/")
 
 ANNOTATION_SPEC_HASH = "mtp.io/spec-hash"
 ANNOTATION_CONFIG_HASH = "mtp.io/config-hash"
-# What the operator last sent for a child (JSON), as kubectl's last-applied-configuration: the next patch
-# sets to null every field it sent then and no longer sends, so children lose fields.
-ANNOTATION_LAST_APPLIED = "mtp.io/last-applied"
 
 COMPONENT_TRAINER = contracts.COMPONENT_TRAINER
 COMPONENT_ROLLOUT = contracts.COMPONENT_ROLLOUT

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtp_api import contracts
-from mtp_operator import names
+from mtp_operator import names, ownership
 
 ChildKey = tuple[str, str]  # kind, name
 
@@ -25,8 +25,9 @@ class ChildState:
     spec_hash: str | None
     replicas: int | None = None
     ready_replicas: int = 0
-    generation: int | None = None  # bumped by every spec change (workloads): a hand edit shows here
-    last_applied: str | None = None  # the mtp.io/last-applied annotation
+    resource_version: str = ""
+    # The operator's applied fields (fieldsV1 JSON of its Apply entry in managedFields); None when it has none.
+    applied_fields: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,8 @@ def summarize_child(kind: str, body: Mapping[str, Any]) -> ChildState:
         spec_hash=(meta.get("annotations") or {}).get(names.ANNOTATION_SPEC_HASH),
         replicas=spec.get("replicas"),
         ready_replicas=int(status.get("readyReplicas") or 0),
-        generation=meta.get("generation") if kind in ("StatefulSet", "Deployment") else None,
-        last_applied=(meta.get("annotations") or {}).get(names.ANNOTATION_LAST_APPLIED),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        applied_fields=ownership.applied_fields(meta.get("managedFields")),
     )
 
 

@@ -165,7 +165,7 @@ async def _reconcile_locked(
         if _creates(desired, observed, runtime.written[key]) and not await _exists(kube, namespace, name):
             return outcome  # the job is gone and its watch event not yet here: create no orphans
         written = runtime.written[key]
-        outcome.actions = await apply_children(kube, namespace, desired, observed, written, runtime.generations[key])
+        outcome.actions = await apply_children(kube, namespace, desired, observed, written, runtime.owned[key])
         outcome.actions += await prune_children(kube, namespace, desired, observed, written)
         if status.state not in t.TERMINAL_STATES:
             outcome.actions += await _restart_group(kube, namespace, observed, status.restarts, now)

@@ -24,8 +24,8 @@ class Runtime:
     metrics: LatestMetrics = field(default_factory=LatestMetrics)
     written: dict[JobKey, dict[ChildKey, str]] = field(default_factory=lambda: defaultdict(dict))
     status_written: dict[JobKey, dict[str, Any]] = field(default_factory=dict)
-    # The generation of each workload child after the operator's own last write (hand edits move past it).
-    generations: dict[JobKey, dict[ChildKey, int]] = field(default_factory=lambda: defaultdict(dict))
+    # Children found to carry every applied field: (resourceVersion, spec hash) checked (apply.py).
+    owned: dict[JobKey, dict[ChildKey, tuple[str, str]]] = field(default_factory=lambda: defaultdict(dict))
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     # The typed job and its desired children, per (uid, generation, hash of labels and annotations): what
     # they are built from only changes with these, so idle reconciles skip parsing and building.
@@ -45,7 +45,7 @@ class Runtime:
         """A job is gone: drop everything kept for it."""
         self.written.pop(key, None)
         self.status_written.pop(key, None)
-        self.generations.pop(key, None)
+        self.owned.pop(key, None)
         self.locks.pop(key, None)
         self.built.pop(key, None)
         self.metrics.drop(*key)

@@ -4,7 +4,8 @@ kmock 0.8's ``KubernetesEmulator`` is a JSON store; the operator's correctness d
 resourceVersion and watch resumption (or kopf misses and replays events), uid and owner-reference
 garbage collection (or "a deleted job leaves nothing behind" cannot be tested), label selectors,
 the status subresource being separate from the main resource (or status writes bump generation),
-PUT, JSON patch with ``test``, and strategic merge of keyed lists. This module keeps kmock's
+PUT, JSON patch with ``test``, strategic merge of keyed lists, and server-side apply with per-manager
+field ownership in ``metadata.managedFields`` (``fields.py``). This module keeps kmock's
 routing, discovery and error rendering (``KubernetesScaffold``) and replaces the store.
 
 Deliberate simplifications, documented so nobody relies on them: garbage collection is synchronous
@@ -32,6 +33,9 @@ from typing import Any
 
 import attrs
 import kmock
+import yaml
+
+from tests.apiserver import fields
 
 Key = tuple[str, str, str, str | None, str]  # group, version, plural, namespace, name
 
@@ -221,6 +225,7 @@ class TestApiServer(kmock.KubernetesScaffold):
     _wake: asyncio.Event | None = attrs.field(default=None, init=False)
     _uids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _faults: list[tuple[str, str, int]] = attrs.field(factory=list, init=False)
+    _owners: dict[Key, fields.Owners] = attrs.field(factory=dict, init=False)
     _closing: bool = attrs.field(default=False, init=False)
 
     _routes: dict[Any, kmock.Response] = attrs.field(factory=dict, init=False)
@@ -339,10 +344,30 @@ class TestApiServer(kmock.KubernetesScaffold):
             self._delete(key)
         return obj
 
-    def _create(self, resource: Any, key: Key, body: dict[str, Any], keep_status: bool = False) -> dict[str, Any]:
+    def _set_owners(self, key: Key, obj: dict[str, Any], owners: fields.Owners) -> None:
+        """Record who owns which fields of ``obj`` and show it in ``metadata.managedFields``."""
+        meta = obj["metadata"]
+        meta.pop("managedFields", None)
+        if owners:
+            self._owners[key] = owners
+            meta["managedFields"] = fields.managed_fields(owners, obj["apiVersion"])
+        else:
+            self._owners.pop(key, None)
+
+    def _create(
+        self,
+        resource: Any,
+        key: Key,
+        body: dict[str, Any],
+        keep_status: bool = False,
+        manager: str | None = None,
+        owners: fields.Owners | None = None,
+    ) -> dict[str, Any]:
+        """``manager`` owns every field (a create is an Update); ``owners`` when an apply created it."""
         info = self._info(resource)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
+        meta.pop("managedFields", None)
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
             key = (*key[:4], meta["name"])
@@ -357,10 +382,23 @@ class TestApiServer(kmock.KubernetesScaffold):
         obj["kind"] = info.kind
         if self._has_status(resource) and not keep_status:
             obj.pop("status", None)
+        if owners is None and manager is not None:
+            owners = fields.update({}, None, obj, manager, "", _now())
+        self._set_owners(key, obj, owners or {})
         return self._store(key, "ADDED", obj)
 
-    def _update(self, resource: Any, key: Key, new: dict[str, Any], subresource: str | None) -> dict[str, Any]:
-        """Apply the subresource rules, generation and no-op detection to a proposed new object."""
+    def _update(
+        self,
+        resource: Any,
+        key: Key,
+        new: dict[str, Any],
+        subresource: str | None,
+        manager: str | None = None,
+        owners: fields.Owners | None = None,
+    ) -> dict[str, Any]:
+        """Apply the subresource rules, field ownership, generation and no-op detection to a proposed new
+        object. ``manager`` takes the fields it changed (an Update); ``owners`` is an apply's result; with
+        neither (a test playing a controller) ownership stays as it was."""
         old = self.objects[key]
         new = copy.deepcopy(new)
         if self._has_status(resource):
@@ -377,6 +415,13 @@ class TestApiServer(kmock.KubernetesScaffold):
             if fixed in old["metadata"]:
                 meta[fixed] = old["metadata"][fixed]
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+        meta.pop("managedFields", None)
+        if owners is None and manager is not None:
+            owners = fields.update(self._owners.get(key, {}), old, new, manager, subresource or "", _now())
+        if owners is not None:
+            self._set_owners(key, new, owners)
+        elif "managedFields" in old["metadata"]:
+            meta["managedFields"] = copy.deepcopy(old["metadata"]["managedFields"])
         if old["metadata"].get("deletionTimestamp"):
             meta["deletionTimestamp"] = old["metadata"]["deletionTimestamp"]
             if set(meta.get("finalizers") or []) - set(old["metadata"].get("finalizers") or []):
@@ -412,6 +457,7 @@ class TestApiServer(kmock.KubernetesScaffold):
                 return self._store(key, "MODIFIED", new)
             return obj
         del self.objects[key]
+        self._owners.pop(key, None)
         gone = copy.deepcopy(obj)
         gone["metadata"]["resourceVersion"] = self._next_rv()
         self._emit(key, "DELETED", gone)
@@ -532,12 +578,15 @@ class TestApiServer(kmock.KubernetesScaffold):
         body = request.data or {}
         name = (body.get("metadata") or {}).get("name") or ""
         ns = request.namespace or (body.get("metadata") or {}).get("namespace")
-        return copy.deepcopy(self._create(request.resource, self._key(request.resource, ns, name), body))
+        key = self._key(request.resource, ns, name)
+        return copy.deepcopy(self._create(request.resource, key, body, manager=_manager(request)))
 
     async def _serve_patch(self, request: kmock.Request) -> dict[str, Any]:
         self._pre(request)
-        key = self._find_key(request)
         ctype = request.headers.get("Content-Type", "application/merge-patch+json").split(";")[0].strip()
+        if ctype == "application/apply-patch+yaml":
+            return self._serve_apply(request)
+        key = self._find_key(request)
         old = self.objects[key]
         if ctype == "application/json-patch+json":
             new = json_patch(old, request.data)
@@ -547,7 +596,29 @@ class TestApiServer(kmock.KubernetesScaffold):
             new = merge_patch(old, request.data)
         else:
             raise kmock.KubernetesError(status=415, reason="UnsupportedMediaType", message=ctype)
-        return copy.deepcopy(self._update(request.resource, key, new, request.subresource))
+        return copy.deepcopy(self._update(request.resource, key, new, request.subresource, _manager(request)))
+
+    def _serve_apply(self, request: kmock.Request) -> dict[str, Any]:
+        """Server-side apply (``fields.apply``); creates the object when it does not exist."""
+        manager = request.params.get("fieldManager")
+        if not manager:
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="fieldManager is required for apply")
+        if request.subresource:
+            raise kmock.KubernetesError(status=415, reason="UnsupportedMediaType", message="apply to a subresource")
+        applied = request.data if isinstance(request.data, dict) else yaml.safe_load(request.text or "")
+        if not isinstance(applied, dict) or not request.name:
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="the body must be an object")
+        if (applied.get("metadata") or {}).get("name", request.name) != request.name:
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="the name does not match the URL")
+        self._info(request.resource)
+        key = self._key(request.resource, request.namespace, request.name)
+        force = request.params.get("force") == "true"
+        live = self.objects.get(key)
+        obj, owners = fields.apply(self._owners.get(key, {}), live, applied, manager, force, _now())
+        if live is None:
+            obj.setdefault("metadata", {})["name"] = request.name
+            return copy.deepcopy(self._create(request.resource, key, obj, owners=owners))
+        return copy.deepcopy(self._update(request.resource, key, obj, None, owners=owners))
 
     async def _serve_put(self, request: kmock.Request) -> dict[str, Any]:
         self._pre(request)
@@ -556,12 +627,22 @@ class TestApiServer(kmock.KubernetesScaffold):
         rv = (body.get("metadata") or {}).get("resourceVersion")
         if rv and rv != self.objects[key]["metadata"]["resourceVersion"]:
             raise _conflict("the object has been modified; please apply your changes to the latest version")
-        return copy.deepcopy(self._update(request.resource, key, body, request.subresource))
+        return copy.deepcopy(self._update(request.resource, key, body, request.subresource, _manager(request)))
 
     async def _serve_delete(self, request: kmock.Request) -> dict[str, Any]:
         self._pre(request)
         grace = (request.data or {}).get("gracePeriodSeconds") if isinstance(request.data, dict) else None
         return copy.deepcopy(self._delete(self._find_key(request), grace))
+
+
+def _manager(request: kmock.Request) -> str:
+    """The field manager of a non-apply write: ``fieldManager``, else the user agent's product name (the
+    real server's default)."""
+    name = request.params.get("fieldManager")
+    if name:
+        return str(name)
+    agent = str(request.headers.get("User-Agent") or "")
+    return agent.split("/")[0].split(" ")[0] or "unknown"
 
 
 def kubeconfig(url: str) -> dict[str, Any]:

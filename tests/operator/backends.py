@@ -73,7 +73,8 @@ class KmockBackend:
 
             key = next(k for k in srv.objects if k[2] == plural and k[3] == self.namespace and k[4] == name)
             res = next(r for r in srv.resources if r.plural == plural and (r.group or "") == key[0])
-            srv._update(res, key, merge_patch(srv.objects[key], patch), subresource)
+            # as ``kubectl patch --type=merge`` does it: an Update by the field manager kubectl-patch
+            srv._update(res, key, merge_patch(srv.objects[key], patch), subresource, manager="kubectl-patch")
 
         self.server.call(do)
 

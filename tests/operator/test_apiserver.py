@@ -175,3 +175,104 @@ def test_json_patch_ops() -> None:
         ],
     )
     assert out == {"a": [0, 2, 3], "b": {}} and doc == {"a": [1, 2], "b": {"c": 1}}
+
+
+APPLY = {"Content-Type": "application/apply-patch+yaml"}
+DEPS = "/apis/apps/v1/namespaces/ns/deployments"
+
+
+def _dep(containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "labels": {"app": "d"}},
+        "spec": {**spec, "template": {"spec": {"containers": containers}}},
+    }
+
+
+def _entry(obj: dict[str, Any], manager: str, operation: str = "Apply") -> dict[str, Any] | None:
+    return next(
+        (
+            e
+            for e in obj["metadata"].get("managedFields") or []
+            if (e["manager"], e["operation"]) == (manager, operation)
+        ),
+        None,
+    )
+
+
+def test_server_side_apply_creates_records_ownership_and_removes_what_it_stops_sending() -> None:
+    async def body(srv: TestApiServer, s: aiohttp.ClientSession, url: str) -> None:
+        op = "?fieldManager=op&force=true"
+        first = _dep([{"name": "c", "image": "a:1", "args": ["x"]}], replicas=2, paused=False)
+        code, dep = await _json(await s.patch(url + DEPS + "/d" + op, data=json.dumps(first), headers=APPLY))
+        assert code == 200 and dep["metadata"]["uid"] and dep["spec"]["replicas"] == 2  # created by the apply
+        fields = _entry(dep, "op")
+        assert fields is not None and fields["fieldsType"] == "FieldsV1"
+        container = fields["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]['k:{"name":"c"}']
+        assert container == {".": {}, "f:name": {}, "f:image": {}, "f:args": {}}
+        assert fields["fieldsV1"]["f:metadata"]["f:labels"] == {".": {}, "f:app": {}}
+        # Another manager adds a label and an env variable: they are its fields, and stay.
+        hand = {
+            "metadata": {"labels": {"team": "ml"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "env": [{"name": "E", "value": "1"}]}]}}},
+        }
+        strategic = {"Content-Type": "application/strategic-merge-patch+json"}
+        _, dep = await _json(await s.patch(url + DEPS + "/d?fieldManager=kubectl-patch", json=hand, headers=strategic))
+        assert _entry(dep, "kubectl-patch", "Update") is not None
+        # The applier stops sending paused and args: they go; the other manager's label and env stay.
+        second = _dep([{"name": "c", "image": "a:2"}], replicas=2)
+        _, dep = await _json(await s.patch(url + DEPS + "/d" + op, data=json.dumps(second), headers=APPLY))
+        assert "paused" not in dep["spec"]
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert c == {"name": "c", "image": "a:2", "env": [{"name": "E", "value": "1"}]}
+        assert dep["metadata"]["labels"] == {"app": "d", "team": "ml"}
+        # An unchanged apply writes nothing.
+        rv = dep["metadata"]["resourceVersion"]
+        _, same = await _json(await s.patch(url + DEPS + "/d" + op, data=json.dumps(second), headers=APPLY))
+        assert (
+            same["metadata"]["resourceVersion"] == rv
+            and same["metadata"]["managedFields"] == dep["metadata"]["managedFields"]
+        )
+
+    run(body)
+
+
+def test_a_hand_edit_takes_ownership_and_a_forced_apply_takes_it_back() -> None:
+    async def body(srv: TestApiServer, s: aiohttp.ClientSession, url: str) -> None:
+        applied = _dep([{"name": "c", "image": "a:1"}], replicas=2)
+        await _json(await s.patch(url + DEPS + "/d?fieldManager=op&force=true", json=applied, headers=APPLY))
+        _, dep = await _json(
+            await s.patch(url + DEPS + "/d?fieldManager=kubectl-edit", json={"spec": {"replicas": 7}}, headers=MERGE)
+        )
+        ours = _entry(dep, "op")
+        assert ours is not None and "f:replicas" not in ours["fieldsV1"]["f:spec"]  # moved to the editor
+        theirs = _entry(dep, "kubectl-edit", "Update")
+        assert theirs is not None and theirs["fieldsV1"] == {"f:spec": {"f:replicas": {}}}
+        code, err = await _json(await s.patch(url + DEPS + "/d?fieldManager=op", json=applied, headers=APPLY))
+        assert code == 409 and "kubectl-edit" in err["message"]  # without force, a conflict
+        code, dep = await _json(
+            await s.patch(url + DEPS + "/d?fieldManager=op&force=true", json=applied, headers=APPLY)
+        )
+        assert code == 200 and dep["spec"]["replicas"] == 2
+        assert _entry(dep, "kubectl-edit", "Update") is None  # it owned nothing else
+        ours = _entry(dep, "op")
+        assert ours is not None and "f:replicas" in ours["fieldsV1"]["f:spec"]
+        code, _ = await _json(await s.patch(url + DEPS + "/d", json=applied, headers=APPLY))
+        assert code == 400  # fieldManager is required
+
+    run(body)
+
+
+def test_an_equal_value_is_shared_and_survives_the_applier_dropping_it() -> None:
+    async def body(srv: TestApiServer, s: aiohttp.ClientSession, url: str) -> None:
+        await _json(await s.post(url + CMS + "?fieldManager=old", json={"metadata": {"name": "a"}, "data": {"k": "1"}}))
+        applied = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "1"}}
+        code, cm = await _json(await s.patch(url + CMS + "/a?fieldManager=op", json=applied, headers=APPLY))
+        assert code == 200  # same value: no conflict, shared
+        assert _entry(cm, "old", "Update") is not None and _entry(cm, "op") is not None
+        applied["data"] = {}
+        _, cm = await _json(await s.patch(url + CMS + "/a?fieldManager=op", json=applied, headers=APPLY))
+        assert cm["data"] == {"k": "1"}  # still owned by "old"
+
+    run(body)

@@ -48,6 +48,34 @@ def test_a_hand_edit_of_a_workload_is_reverted(backend: Backend, job: dict[str, 
         wait_for(lambda: dep(backend)["spec"] == original)
 
 
+def test_a_hand_edit_of_a_config_map_is_reverted_and_a_hand_added_label_kept(
+    backend: Backend, job: dict[str, Any]
+) -> None:
+    """A ConfigMap has no generation: the edit shows in managedFields (the editor took the field)."""
+    cm = f"{NAME}-config"
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: (backend.get(t.PLURAL, NAME) or {}).get("status", {}).get("state") == "Created")
+        original = (backend.get("configmaps", cm) or {})["data"]
+        backend.patch("configmaps", cm, {"metadata": {"labels": {"team": "ml"}}, "data": {"job.yaml": "evil: 1\n"}})
+        wait_for(lambda: (backend.get("configmaps", cm) or {})["data"] == original)
+        assert (backend.get("configmaps", cm) or {})["metadata"]["labels"]["team"] == "ml"  # not ours: it stays
+
+
+def test_children_are_applied_by_the_operators_field_manager(backend: Backend, job: dict[str, Any]) -> None:
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: (backend.get(t.PLURAL, NAME) or {}).get("status", {}).get("state") == "Created")
+        for plural, name in (
+            ("configmaps", f"{NAME}-config"),
+            ("statefulsets", f"{NAME}-trainer"),
+            ("deployments", DEP),
+        ):
+            entries = (backend.get(plural, name) or {})["metadata"]["managedFields"]
+            ours = [e for e in entries if e["manager"] == "mtp-operator"]
+            assert [e["operation"] for e in ours] == ["Apply"], (plural, entries)
+
+
 def test_a_child_the_spec_no_longer_wants_is_pruned(backend: Backend, job: dict[str, Any]) -> None:
     backend.apply(t.PLURAL, job)
     with backend.operator():

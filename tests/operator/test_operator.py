@@ -210,7 +210,7 @@ def test_restart_mid_reconcile_creates_no_duplicates(backend: Backend, job: dict
     if backend.real:
         pytest.skip("needs fault injection in the test API server")
     server = backend.server  # type: ignore[attr-defined]
-    server.call(lambda: server.server.fail("POST", "deployments"))
+    server.call(lambda: server.server.fail("PATCH", "deployments"))  # children are created by apply
     backend.apply(t.PLURAL, job)
     with backend.operator():
         wait_for(lambda: backend.get("services", f"{NAME}-rollout") is not None)
@@ -221,8 +221,11 @@ def test_restart_mid_reconcile_creates_no_duplicates(backend: Backend, job: dict
         wait_for(lambda: all_children(backend))
         wait_state(backend, "Created")
     posts = server.call(lambda: server.server.counters.snapshot())
-    created = {p: posts.by_resource[("POST", p)] - posts_before.by_resource[("POST", p)] for p, _ in CHILDREN}
-    assert created == {"configmaps": 0, "services": 0, "statefulsets": 0, "deployments": 1}
+    writes = {
+        p: sum(posts.by_resource[(m, p)] - posts_before.by_resource[(m, p)] for m in ("POST", "PATCH", "PUT"))
+        for p, _ in CHILDREN
+    }
+    assert writes == {"configmaps": 0, "services": 0, "statefulsets": 0, "deployments": 1}
     for plural, _ in CHILDREN:
         assert len(backend.list(plural)) == (2 if plural == "services" else 1)
 
