@@ -48,6 +48,28 @@ JOB_CONDITION = Gauge(
     registry=REGISTRY,
 )
 
+# numSpeculativeTokens: auto (status.speculation): the gain measured against the calibrated plain rate,
+# the running schedule's predicted gain, and its largest k (0: the plain engine).
+SPECULATION_MEASURED_GAIN = Gauge(
+    "mtptrainingjob_speculation_measured_gain",
+    "Generated tokens/s over the calibrated plain-decoding rate at the same batch size (auto k).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+SPECULATION_PREDICTED_GAIN = Gauge(
+    "mtptrainingjob_speculation_predicted_gain",
+    "The cost model's gain of the running k schedule against plain decoding (auto k).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+SPECULATION_MAX_K = Gauge(
+    "mtptrainingjob_speculation_max_k",
+    "The largest k of the running schedule; 0 when the rollout decodes without speculation (auto k).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+_SPECULATION = (SPECULATION_MEASURED_GAIN, SPECULATION_PREDICTED_GAIN, SPECULATION_MAX_K)
+
 _info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
@@ -64,6 +86,27 @@ def observe_job(namespace: str, name: str, job: t.MTPTrainingJob | None, status:
     present = {c.type: c.status for c in status.conditions}
     for ctype in t.ConditionType:
         JOB_CONDITION.labels(namespace, name, str(ctype)).set(1 if present.get(ctype) == "True" else 0)
+    observe_speculation(namespace, name, status.speculation)
+
+
+def observe_speculation(namespace: str, name: str, spec: t.SpeculationStatus | None) -> None:
+    """The auto-k series of one job; a figure that is unknown has no series (not a fake 0)."""
+    values: tuple[float | None, ...] = (None, None, None)
+    if spec is not None:
+        max_k = 0 if spec.engine == t.SpeculationEngine.PLAIN else max((r.k for r in spec.schedule), default=0)
+        values = (spec.measured_gain, spec.predicted_gain, max_k)
+    for gauge, value in zip(_SPECULATION, values, strict=True):
+        if value is None:
+            _remove(gauge, namespace, name)
+        else:
+            gauge.labels(namespace, name).set(value)
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass
 
 
 def forget_job(namespace: str, name: str) -> None:
@@ -71,10 +114,8 @@ def forget_job(namespace: str, name: str) -> None:
     if previous is not None:
         JOB_INFO.remove(*previous)
     for ctype in t.ConditionType:
-        try:
-            JOB_CONDITION.remove(namespace, name, str(ctype))
-        except KeyError:
-            pass
+        _remove(JOB_CONDITION, namespace, name, str(ctype))
+    observe_speculation(namespace, name, None)
 
 
 def serve(port: int) -> None:

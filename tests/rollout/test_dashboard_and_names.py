@@ -108,6 +108,9 @@ def test_dashboard_covers_the_required_figures():
         "mtp_trainer_rl_reward_mean", "mtp_trainer_rl_accuracy", "mtp_trainer_rl_acceptance_rate",
         "mtp_trainer_rl_mean_acceptance_length", "mtp_trainer_rl_kl", "mtp_trainer_rl_entropy",
         "mtp_trainer_rl_response_length", "mtp_trainer_rl_phase_seconds", "mtp_trainer_rl_weight_version",
+        # auto k (issue 12): measured gain beside the predicted gain and the bound, and the running k
+        "mtptrainingjob_speculation_measured_gain", "mtptrainingjob_speculation_predicted_gain",
+        "mtptrainingjob_speculation_max_k",
     ):  # fmt: skip
         assert name in text
 

@@ -54,6 +54,9 @@ RL_WEIGHT_VERSION = c.RL_WEIGHT_VERSION
 RL_GENERATION_TOKENS_PER_SECOND = c.RL_GENERATION_TOKENS_PER_SECOND
 OPERATOR_JOB_INFO = "mtptrainingjob_info"
 OPERATOR_JOB_CONDITION = "mtptrainingjob_condition"
+OPERATOR_MEASURED_GAIN = "mtptrainingjob_speculation_measured_gain"
+OPERATOR_PREDICTED_GAIN = "mtptrainingjob_speculation_predicted_gain"
+OPERATOR_MAX_K = "mtptrainingjob_speculation_max_k"
 
 
 def _query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
@@ -178,6 +181,28 @@ def _collector_speed_panels(d: db.Dashboard, job: str) -> db.Dashboard:
                 _query(f"{mn.EXPECTED_TOKENS_PER_FORWARD}{{{SEL}}}", job + " i.i.d.", "B"),
             ],
             min=1,
+        )
+    )
+    d = d.with_panel(
+        _series(
+            "auto k: measured gain, predicted gain and the bound",
+            "numSpeculativeTokens: auto (docs/speculation.md). Measured: generated tokens/s over the calibrated "
+            "plain-decoding rate at the same batch size; predicted: the cost model's gain of the running schedule; "
+            "the bound assumes a speculative step costs a plain one. Below 1 speculation is slower than plain.",
+            [
+                _query(f"{OPERATOR_MEASURED_GAIN}{{{OP_SEL}}}", "{{name}} measured gain"),
+                _query(f"{OPERATOR_PREDICTED_GAIN}{{{OP_SEL}}}", "{{name}} predicted gain", "B"),
+                _query(f"{mn.SPEEDUP_BOUND}{{{SEL}}}", job + " bound", "C"),
+            ],
+        )
+    )
+    d = d.with_panel(
+        _series(
+            "auto k: largest k of the running schedule",
+            "0: the rollout decodes without speculation (the plain engine). Changes are Events "
+            "SpeculationScheduleChanged.",
+            [_query(f"{OPERATOR_MAX_K}{{{OP_SEL}}}", "{{name}} k")],
+            min=0,
         )
     )
     d = d.with_panel(
