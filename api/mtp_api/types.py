@@ -663,6 +663,14 @@ class GenerationConfig(ApiModel):
     )
 
 
+class HFCache(ApiModel):
+    """A PersistentVolumeClaim for the rollout's Hugging Face cache (``HF_HOME``), so a model downloaded
+    from the Hub survives pod restarts and rescheduling; ReadWriteMany when replicas run on several nodes."""
+
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_LABEL)
+    sub_path: str = Field(default="", max_length=1024)
+
+
 class RolloutSpec(ApiModel):
     image: str = Field(default="ghcr.io/mtp-io/mtp-rollout:0.1.0", min_length=1)
     replicas: int = Field(default=1, ge=0, le=4096)
@@ -674,6 +682,11 @@ class RolloutSpec(ApiModel):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     port: int = Field(default=contracts.DEFAULT_ROLLOUT_PORT, ge=1024, le=65535)
     pod: PodCustomization | None = Field(default=None, description="Scheduling, secrets and volumes of the pods.")
+    hf_cache: HFCache | None = Field(
+        default=None,
+        description="The Hugging Face cache (HF_HOME) on this claim; by default an emptyDir, which survives "
+        "container restarts but not a new pod.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(

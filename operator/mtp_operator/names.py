@@ -41,6 +41,9 @@ ROLLOUT_PLAN_FILE = "rollout.json"
 DEFAULT_OUTPUT_DIR = contracts.DEFAULT_OUTPUT_DIR
 MODEL_MOUNT_DIR = contracts.MODEL_MOUNT_DIR
 RENDEZVOUS_PORT = contracts.RENDEZVOUS_PORT
+# The rollout's Hugging Face cache (``HF_HOME``): an emptyDir or spec.rollout.hfCache's claim, mounted here.
+ENV_HF_HOME = "HF_HOME"
+HF_CACHE_MOUNT_DIR = "/var/cache/huggingface"
 # The rollout Service's port name (the container port it targets is contracts.PORT_ROLLOUT).
 SERVICE_PORT_ROLLOUT = "http"
 

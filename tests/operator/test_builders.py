@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -21,6 +22,7 @@ from mtp_operator.children import Scale, desired_children
 from tests.operator.conftest import job_manifest
 
 Mutate = Callable[[dict[str, Any]], None]
+K8S_VERSION = "1.33"  # as tests/chart
 
 
 def make(mutate: Mutate | None = None, uid: str | None = "u-1") -> t.MTPTrainingJob:
@@ -254,7 +256,7 @@ def test_rollout_deployment(
     c = container(dep)
     assert c["command"] == ["python"]
     assert c["args"] == args
-    assert env(dep) == want_env
+    assert env(dep) == want_env | {"HF_HOME": "/var/cache/huggingface"}  # the cache volume, never the image's /tmp
     if gpus:
         assert c["resources"] == {"requests": {"nvidia.com/gpu": gpus}, "limits": {"nvidia.com/gpu": gpus}}
     else:
@@ -266,6 +268,29 @@ def test_rollout_deployment(
     assert bool(inits) == init
     if init:
         assert inits[0]["command"][-1] == f"{model}/config.json"
+
+
+def test_rollout_hugging_face_cache_is_a_volume() -> None:
+    dep = build_rollout_deployment(make(), replicas=1, config_hash="h")
+    assert volumes(dep)["hf-cache"] == {"name": "hf-cache", "emptyDir": {}}
+    assert mounts(dep)["hf-cache"] == env(dep)["HF_HOME"] == "/var/cache/huggingface"
+    claim = {"claimName": "hf", "subPath": "qwen"}
+    dep = build_rollout_deployment(make(set_("spec.rollout.hfCache", claim)), replicas=1, config_hash="h")
+    assert volumes(dep)["hf-cache"] == {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf"}}
+    (mount,) = [m for m in container(dep)["volumeMounts"] if m["name"] == "hf-cache"]
+    assert mount == {"name": "hf-cache", "mountPath": "/var/cache/huggingface", "subPath": "qwen"}
+    kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+
+
+def test_rollout_probes_do_not_kill_a_busy_server() -> None:
+    c = container(build_rollout_deployment(make(), replicas=1, config_hash="h"))
+    live, ready, start = c["livenessProbe"], c["readinessProbe"], c["startupProbe"]
+    # liveness: at least 2 minutes of unanswered /health, each try waiting 10 s, before a restart
+    assert live["timeoutSeconds"] >= 10 and live["failureThreshold"] >= 6 and live["periodSeconds"] >= 20
+    # startup: half an hour for a large model to load; readiness: out of the Service within 15 s
+    assert start["periodSeconds"] * start["failureThreshold"] >= 1800
+    assert ready["periodSeconds"] * ready["failureThreshold"] <= 15
+    assert all(p["httpGet"] == {"path": "/health", "port": "http-metrics"} for p in (live, ready, start))
 
 
 def test_rollout_without_shared_volume_cannot_serve_the_export() -> None:

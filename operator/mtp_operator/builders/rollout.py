@@ -10,6 +10,13 @@ rank 0 pushes each new policy into every replica, reached through the headless p
 names a directory under ``MTP_WEIGHT_SYNC_DIR`` on the checkpoints volume, which this pod mounts
 at the trainer's path (read-only: the rollout only reads it). The pod needs no Kubernetes API, so
 no service-account token is mounted.
+
+For a real cluster: the Hugging Face cache (``HF_HOME``) is a volume, an emptyDir by default (a model
+downloaded from the Hub survives a container restart) or ``spec.rollout.hfCache``'s claim (it survives
+a new pod too), never the container's filesystem. The probes never kill a busy server: the startup probe
+allows 30 minutes for loading the model, then liveness allows two minutes of unanswered ``/health``
+(vLLM answers it from the API server's event loop, which a long prefill batch can hold up), while
+readiness takes a replica out of the Service within seconds.
 """
 
 from __future__ import annotations
@@ -34,7 +41,27 @@ def rollout_volumes(job: t.MTPTrainingJob) -> tuple[list[dict[str, Any]], list[d
     source = common.model_source_volume(job)
     if source is not None:
         pairs.append(source)
+    pairs.append(hf_cache_volume(job))
     return [v for v, _ in pairs], [m for _, m in pairs]
+
+
+def hf_cache_volume(job: t.MTPTrainingJob) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Hugging Face cache: ``spec.rollout.hfCache``'s claim, else an emptyDir; at ``HF_HOME``."""
+    cache = job.spec.rollout.hf_cache if job.spec.rollout is not None else None
+    mount: dict[str, Any] = {"name": "hf-cache", "mountPath": names.HF_CACHE_MOUNT_DIR}
+    if cache is None:
+        return {"name": "hf-cache", "emptyDir": {}}, mount
+    if cache.sub_path:
+        mount["subPath"] = cache.sub_path
+    return {"name": "hf-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}, mount
+
+
+# Startup: up to 180 x 10 s = 30 min for the model to load. Liveness: 6 x 20 s = 2 min of /health unanswered
+# (10 s each) before a restart, longer than any busy period of a healthy server. Readiness: out of the
+# Service after 3 x 5 s.
+STARTUP_PROBE = {"periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 180}
+LIVENESS_PROBE = {"periodSeconds": 20, "timeoutSeconds": 10, "failureThreshold": 6}
+READINESS_PROBE = {"periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3}
 
 
 def build_rollout_deployment(
@@ -52,15 +79,14 @@ def build_rollout_deployment(
         "imagePullPolicy": "IfNotPresent",
         "command": ["python"],
         "args": list(plan.args),
-        "env": [{"name": k, "value": v} for k, v in sorted(plan.env.items())],
+        "env": [
+            {"name": k, "value": v}
+            for k, v in sorted({**plan.env, names.ENV_HF_HOME: names.HF_CACHE_MOUNT_DIR}.items())
+        ],
         "ports": [{"name": probe_port, "containerPort": rollout.port, "protocol": "TCP"}],
-        "startupProbe": {
-            "httpGet": {"path": "/health", "port": probe_port},
-            "periodSeconds": 10,
-            "failureThreshold": 180,
-        },
-        "readinessProbe": {"httpGet": {"path": "/health", "port": probe_port}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/health", "port": probe_port}, "periodSeconds": 15},
+        "startupProbe": {"httpGet": {"path": "/health", "port": probe_port}, **STARTUP_PROBE},
+        "readinessProbe": {"httpGet": {"path": "/health", "port": probe_port}, **READINESS_PROBE},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": probe_port}, **LIVENESS_PROBE},
         "volumeMounts": mounts,
         "securityContext": common.container_security_context(),
     }
