@@ -12,7 +12,8 @@ What it measures (docs/bench-rollout.md has the figures):
    ``choose_schedule`` (weight 1 at batch size c, as the operator weights the observed batch size)
    picks the auto schedule, and a server with exactly that configuration joins. Then ``--rounds``
    interleaved rounds (every server once per round, the order rotating) over the held-out prompts,
-   answers ending at the turn's end; each configuration's figure is its median tokens/s.
+   answers ending at the turn's end; each configuration's figure is its fastest pass (other
+   processes only slow a pass down; ``mtpjob.local.bench.PairedSpeed`` uses the same rule).
 4. The cost model's prediction for every measured configuration (calibrated step time at batch c
    and the acceptance measured in that configuration's own passes) against the measurement.
 
@@ -115,9 +116,9 @@ def bench_head(
                                                        k=0, concurrency=c, stop=stop))  # fmt: skip
             finally:
                 auto.stop()
-            plain_tps = statistics.median(x.tokens_per_second for x in runs["plain"])
+            plain_tps = max(x.tokens_per_second for x in runs["plain"])
             for label, passes in runs.items():
-                tps = statistics.median(x.tokens_per_second for x in passes)
+                tps = max(x.tokens_per_second for x in passes)
                 k = k_at(label, schedule, c)
                 per_position = passes[0].per_position
                 predicted = predicted_tokens_per_s(cal, per_position, k, c)

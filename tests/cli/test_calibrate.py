@@ -64,12 +64,24 @@ class _Server:
         )
 
 
-def test_step_seconds_is_wall_time_over_vllm_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_step_seconds_is_wall_time_over_vllm_steps_fastest_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]
     monkeypatch.setattr(c.time, "perf_counter", lambda: clock[0])
-    # batch 4: 4 requests of 20 steps each (the server counts per request; 80 "steps") taking 0.5 s each -> 2 s
+    # batch 4: 4 requests of 20 steps each (the server counts per request: 80 "steps") taking 0.5 s each -> 2 s
     server = _Server(clock, 20, 0.5)
     assert c.step_seconds(server, "m", ["a", "b"], batch=4, tokens=64, repeats=3) == pytest.approx(2.0 / 80)  # type: ignore[arg-type]
+    # repeats disturbed by other processes: 0.5, 0.9, 0.7 s per request -> the fastest, 2.0 s / 80 steps
+    slow = [0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9, 0.9, 0.7, 0.7, 0.7, 0.7]
+
+    class _Varying(_Server):
+        def complete(self, model: str, prompt: str, max_tokens: int, **kw: Any) -> dict[str, Any]:
+            if max_tokens != 8:
+                self.seconds = slow.pop(0)
+            return super().complete(model, prompt, max_tokens, **kw)
+
+    assert c.step_seconds(_Varying(clock, 20, 0.0), "m", ["a"], batch=4, tokens=64, repeats=3) == pytest.approx(  # type: ignore[arg-type]
+        2.0 / 80
+    )
 
 
 def test_a_frozen_step_counter_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
