@@ -20,7 +20,7 @@ from mtp_operator.builders.services import (
     build_rollout_service,
     build_trainer_service,
 )
-from mtp_operator.builders.trainer import build_trainer_statefulset
+from mtp_operator.builders.trainer import build_trainer_disruption_budget, build_trainer_statefulset
 from mtp_rollout.interface import Schedule
 
 
@@ -62,8 +62,10 @@ def rollout_config_hash(job: t.MTPTrainingJob) -> str:
 def desired_children(
     job: t.MTPTrainingJob, scale: Scale = Scale(), schedule: Schedule | None = None
 ) -> list[dict[str, Any]]:
-    """ConfigMap, headless Service, StatefulSet and, with a rollout, its Service and Deployment; for
-    rlvr also the rollout's headless peers Service, through which trainer rank 0 reaches each replica.
+    """ConfigMap, headless Service, StatefulSet, the trainer's PodDisruptionBudget while the trainer runs
+    (not when suspended or finished: the reconcile prunes it) and, with a rollout, its Service and
+    Deployment; for rlvr also the rollout's headless peers Service, through which trainer rank 0 reaches
+    each replica.
     ``schedule`` is the k schedule ``numSpeculativeTokens: auto`` runs (from ``status.speculation``).
 
     Order matters for a first apply: the ConfigMap and Services exist before the pods that use them.
@@ -78,6 +80,8 @@ def desired_children(
             attempt=scale.attempt,
         ),
     ]
+    if scale.trainer:
+        out.append(build_trainer_disruption_budget(job))
     if job.spec.rollout is not None:
         out.append(build_rollout_service(job))
         if job.spec.pipeline == t.Pipeline.RLVR:

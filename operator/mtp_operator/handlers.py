@@ -42,6 +42,7 @@ CHILD_KINDS = (
     ("", "v1", "services", "Service"),
     ("apps", "v1", "statefulsets", "StatefulSet"),
     ("apps", "v1", "deployments", "Deployment"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
 )
 POD_KIND = ("", "v1", "pods", "Pod")
 

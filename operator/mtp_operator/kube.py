@@ -27,6 +27,7 @@ _PATHS = {
     "Service": "api/v1/namespaces/{ns}/services",
     "StatefulSet": "apis/apps/v1/namespaces/{ns}/statefulsets",
     "Deployment": "apis/apps/v1/namespaces/{ns}/deployments",
+    "PodDisruptionBudget": "apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     "Pod": "api/v1/namespaces/{ns}/pods",
     "Event": "api/v1/namespaces/{ns}/events",
     t.KIND: f"apis/{t.API_VERSION}/namespaces/{{ns}}/{t.PLURAL}",

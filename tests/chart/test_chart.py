@@ -81,6 +81,7 @@ def test_default_install_is_cluster_wide_with_cluster_peering(helm: Path) -> Non
     assert verbs[("", "pods")] == {"get", "list", "watch", "delete"}  # group restarts, force-deleting lost pods
     assert "patch" in verbs[("", "configmaps")] and "patch" in verbs[("apps", "deployments")]  # server-side apply
     assert verbs[("mtp.io", "mtptrainingjobs/finalizers")] == {"update"}  # blockOwnerDeletion
+    assert verbs[("policy", "poddisruptionbudgets")] == {"get", "list", "watch", "create", "patch", "delete"}
     assert verbs[("", "events")] == {"create"}  # restarts, failures and success are Events
     assert {"get", "list", "watch"} <= verbs[("", "configmaps")]  # auto k reads the calibration ConfigMap
     assert ("", "secrets") not in verbs

@@ -17,7 +17,7 @@ from mtp_operator.builders.configmap import build_config_map
 from mtp_operator.builders.model_path import rollout_model_path
 from mtp_operator.builders.rollout import build_rollout_deployment
 from mtp_operator.builders.services import build_rollout_service, build_trainer_service
-from mtp_operator.builders.trainer import build_trainer_statefulset
+from mtp_operator.builders.trainer import build_trainer_disruption_budget, build_trainer_statefulset
 from mtp_operator.children import Scale, desired_children
 from tests.operator.conftest import job_manifest
 
@@ -146,6 +146,26 @@ def test_trainer_statefulset(
     assert container(sts)["terminationMessagePath"] == "/dev/termination-log"
     assert container(sts)["terminationMessagePolicy"] == "File"
     assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+
+
+def test_trainer_disruption_budget_refuses_evicting_a_running_rank() -> None:
+    pdb = build_trainer_disruption_budget(make(set_("spec.trainer.replicas", 4)))
+    assert (pdb["apiVersion"], pdb["kind"], pdb["metadata"]["name"]) == (
+        "policy/v1",
+        "PodDisruptionBudget",
+        "demo-trainer",
+    )
+    assert pdb["spec"] == {
+        "maxUnavailable": 0,
+        "selector": {"matchLabels": {"mtp.io/job-name": "demo", "app.kubernetes.io/component": "trainer"}},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    assert pdb["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    kubernetes_validate.validate(pdb, K8S_VERSION, strict=True)
+    kinds = [o["kind"] for o in desired_children(make())]
+    assert "PodDisruptionBudget" in kinds
+    for scale in (Scale(trainer=False), Scale(trainer=False, rollout=False)):  # suspended, finished
+        assert "PodDisruptionBudget" not in [o["kind"] for o in desired_children(make(), scale)]
 
 
 def test_group_restart_attempt_and_job_metadata_reach_the_pods() -> None:
@@ -322,6 +342,7 @@ def test_speculative_tokens_change_only_the_rollout_template() -> None:
         ],
         ("Service", "demo-trainer"): [],
         ("StatefulSet", "demo-trainer"): [],  # an SFT trainer never reads the rollout: it does not restart
+        ("PodDisruptionBudget", "demo-trainer"): [],
         ("Service", "demo-rollout"): [],
         ("Deployment", "demo-rollout"): [
             ".metadata.annotations.mtp.io/spec-hash",
@@ -329,7 +350,7 @@ def test_speculative_tokens_change_only_the_rollout_template() -> None:
             ".spec.template.spec.containers[0].args[20]",  # the --speculative-config value
         ],
     }
-    args = cb[4]["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = cb[5]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[19:21] == ["--speculative-config", '{"method":"mtp","num_speculative_tokens":3}']
 
 

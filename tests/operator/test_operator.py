@@ -22,9 +22,11 @@ CHILDREN = [
     ("configmaps", f"{NAME}-config"),
     ("services", f"{NAME}-trainer"),
     ("statefulsets", f"{NAME}-trainer"),
+    ("poddisruptionbudgets", f"{NAME}-trainer"),
     ("services", f"{NAME}-rollout"),
     ("deployments", f"{NAME}-rollout"),
 ]
+PDB = ("poddisruptionbudgets", f"{NAME}-trainer")
 
 
 def status(backend: Backend) -> dict[str, Any]:
@@ -148,6 +150,7 @@ def test_suspend_scales_to_zero_and_resume_scales_back(backend: Backend, job: di
         assert conditions(st)["Suspended"]["status"] == "True"
         wait_for(lambda: (backend.get("statefulsets", f"{NAME}-trainer") or {})["spec"]["replicas"] == 0)
         wait_for(lambda: (backend.get("deployments", f"{NAME}-rollout") or {})["spec"]["replicas"] == 0)
+        wait_for(lambda: backend.get(*PDB) is None)  # no trainer pods to protect: the budget is pruned
 
         backend.patch(t.PLURAL, NAME, {"spec": {"runPolicy": {"suspend": False}}})
         st = wait_for(lambda: (s := status(backend)).get("state") in ("Created", "Running") and s)
@@ -161,6 +164,8 @@ def test_suspend_scales_to_zero_and_resume_scales_back(backend: Backend, job: di
         }
         wait_for(lambda: (backend.get("statefulsets", f"{NAME}-trainer") or {})["spec"]["replicas"] == 1)
         wait_for(lambda: (backend.get("deployments", f"{NAME}-rollout") or {})["spec"]["replicas"] == 1)
+        pdb = wait_for(lambda: backend.get(*PDB))
+        assert pdb["spec"]["maxUnavailable"] == 0
 
 
 def test_child_deleted_by_hand_is_recreated(backend: Backend, job: dict[str, Any]) -> None:
@@ -225,7 +230,7 @@ def test_restart_mid_reconcile_creates_no_duplicates(backend: Backend, job: dict
         p: sum(posts.by_resource[(m, p)] - posts_before.by_resource[(m, p)] for m in ("POST", "PATCH", "PUT"))
         for p, _ in CHILDREN
     }
-    assert writes == {"configmaps": 0, "services": 0, "statefulsets": 0, "deployments": 1}
+    assert writes == {"configmaps": 0, "services": 0, "statefulsets": 0, "poddisruptionbudgets": 0, "deployments": 1}
     for plural, _ in CHILDREN:
         assert len(backend.list(plural)) == (2 if plural == "services" else 1)
 
@@ -244,6 +249,7 @@ def test_succeeded_state_sticks(backend: Backend, job: dict[str, Any]) -> None:
         assert "completionTime" in st
         wait_for(lambda: (backend.get("statefulsets", f"{NAME}-trainer") or {})["spec"]["replicas"] == 0)
         assert (backend.get("deployments", f"{NAME}-rollout") or {})["spec"]["replicas"] == 1  # keeps serving
+        wait_for(lambda: backend.get(*PDB) is None)  # the trainer is done: its budget goes
 
         backend.delete("statefulsets", f"{NAME}-trainer")
         backend.patch(t.PLURAL, NAME, {"spec": {"runPolicy": {"suspend": True}}})

@@ -55,10 +55,11 @@ def test_render_namespace_flag_reaches_every_object(tmp_path: Path, capsys: pyte
         ("ConfigMap", "demo-config"),
         ("Service", "demo-trainer"),
         ("StatefulSet", "demo-trainer"),
+        ("PodDisruptionBudget", "demo-trainer"),
         ("Service", "demo-rollout"),
         ("Deployment", "demo-rollout"),
     ]
-    assert [d["metadata"]["namespace"] for d in docs] == ["ml"] * 5
+    assert [d["metadata"]["namespace"] for d in docs] == ["ml"] * 6
     sts = docs[2]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "MASTER_ADDR", "value": "demo-trainer-0.demo-trainer.ml.svc"} in sts["env"]
     assert yaml.safe_load(docs[0]["data"]["job.yaml"])["metadata"] == {"name": "demo", "namespace": "ml"}

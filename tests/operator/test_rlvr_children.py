@@ -53,6 +53,7 @@ def test_rlvr_children_and_their_order() -> None:
         ("ConfigMap", "rl-config"),
         ("Service", "rl-trainer"),
         ("StatefulSet", "rl-trainer"),
+        ("PodDisruptionBudget", "rl-trainer"),
         ("Service", "rl-rollout"),
         ("Service", "rl-rollout-peers"),
         ("Deployment", "rl-rollout"),

@@ -159,3 +159,23 @@ def build_trainer_statefulset(
             ),
         },
     }
+
+
+def build_trainer_disruption_budget(job: t.MTPTrainingJob) -> dict[str, Any]:
+    """A PodDisruptionBudget that refuses every voluntary eviction of a running rank (drain, Kueue's or the
+    autoscaler's eviction): one evicted rank breaks the world and costs a group restart of every rank.
+
+    ``maxUnavailable: 0`` holds for any replica count. ``unhealthyPodEvictionPolicy: AlwaysAllow`` lets a
+    rank that is not Ready (still starting, or stuck) be evicted, so a broken job never blocks a drain.
+    The operator's own group restarts delete pods (no eviction), so the budget never blocks them. It exists
+    only while the trainer should run: suspended and finished jobs have no trainer pods to protect."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": common.metadata(job, names.trainer(job), names.COMPONENT_TRAINER),
+        "spec": {
+            "maxUnavailable": 0,
+            "selector": {"matchLabels": names.selector(job, names.COMPONENT_TRAINER)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
