@@ -86,7 +86,7 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     ) -> None:
         runtime = memo.runtime = Runtime(config=config, kopf_settings=settings)
         metrics.serve(config.metrics_port)
-        kube = Kube(settings, logger)
+        kube = Kube(settings, logger, runtime.api_slots)
         jobs_index = kwargs["idx_jobs"]  # Kopf's indexes are live objects, already there at startup
         context = {**kwargs, "memo": memo, "logger": logger}
 
@@ -168,7 +168,7 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     async def run(key: JobKey, body: Mapping[str, Any], trigger: str, kwargs: Mapping[str, Any]) -> None:
         runtime: Runtime = kwargs["memo"].runtime
-        kube = Kube(runtime.kopf_settings, kwargs["logger"])
+        kube = Kube(runtime.kopf_settings, kwargs["logger"], runtime.api_slots)
         observed = _observed(key, [kwargs[n] for n in child_indexes], kwargs["idx_pods"])
         metrics.RECONCILES.labels(trigger).inc()
         with metrics.RECONCILE_SECONDS.time():
@@ -222,7 +222,11 @@ def _peering_paths(config: OperatorConfig) -> list[str]:
 
 
 def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in body.items()}
+    """The job as the index keeps it: a plain copy without ``metadata.managedFields``, which nothing reads
+    and which is as large as the status (every status patch is an entry)."""
+    out = {k: _plain(v) for k, v in body.items()}
+    out["metadata"] = {k: v for k, v in out.get("metadata", {}).items() if k != "managedFields"}
+    return out
 
 
 def _plain(value: Any) -> Any:

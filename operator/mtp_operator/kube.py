@@ -8,6 +8,7 @@ retries on the next event or resync tick instead of sleeping inside a handler.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Mapping
@@ -33,6 +34,10 @@ _PATHS = {
     t.KIND: f"apis/{t.API_VERSION}/namespaces/{{ns}}/{t.PLURAL}",
 }
 
+# The most API requests the operator has in flight at once (Kopf's own watches aside). Kopf's client pool
+# has no limit, so a burst of new jobs would otherwise open one connection per concurrent write.
+MAX_REQUESTS_IN_FLIGHT = 32
+
 MERGE = {"Content-Type": "application/merge-patch+json"}
 APPLY = {"Content-Type": "application/apply-patch+yaml"}  # a JSON body is YAML too
 MANAGER = "mtp-operator"
@@ -45,18 +50,26 @@ def collection(kind: str, namespace: str) -> str:
 class Kube:
     """Apply, create, merge-patch and delete by kind and name."""
 
-    def __init__(self, settings: configuration.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any]):
+    def __init__(
+        self,
+        settings: configuration.OperatorSettings,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        slots: asyncio.Semaphore | None = None,
+    ):
+        """``slots``: shared by every Kube of the operator, it caps the requests in flight."""
         self.settings = settings
         self.logger = logger
+        self.slots = slots or asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
 
     async def _call(
         self, method: str, url: str, payload: object | None = None, headers: dict[str, str] | None = None
     ) -> Any:
-        response = await api.request(
-            method, url, payload=payload, headers=headers, settings=self.settings, logger=self.logger, backoffs=()
-        )
-        async with response:
-            return await response.json()
+        async with self.slots:
+            response = await api.request(
+                method, url, payload=payload, headers=headers, settings=self.settings, logger=self.logger, backoffs=()
+            )
+            async with response:
+                return await response.json()
 
     async def get(self, path: str) -> Any:
         return await self._call("get", path)
