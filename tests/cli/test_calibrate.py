@@ -45,49 +45,51 @@ def test_engines_are_plain_zero_drafts_and_each_fixed_k() -> None:
 
 
 class _Server:
-    """Each request adds ``steps_per_request`` engine steps and ``seconds`` to a fake clock."""
+    """Scripted vLLM: each timed request generates ``tokens`` tokens in ``seconds`` on a fake clock,
+    drafting ``drafts`` times and getting ``accepted`` draft tokens accepted (vLLM's counters)."""
 
-    def __init__(self, clock: list[float], steps_per_request: int, seconds: float) -> None:
-        self.clock, self.steps, self.per_req, self.seconds = clock, 0, steps_per_request, seconds
+    def __init__(self, clock: list[float], *, drafts: int, accepted: int, seconds: list[float]) -> None:
+        self.clock, self.per_drafts, self.per_accepted, self.seconds = clock, drafts, accepted, seconds
+        self.drafts = self.accepted = 0
 
     def complete(self, model: str, prompt: str, max_tokens: int, **_: Any) -> dict[str, Any]:
-        self.steps += 1 if max_tokens == 8 else self.per_req
-        if max_tokens != 8:
-            self.clock[0] += self.seconds
-        return {}
+        if max_tokens == 8:  # warm-up: untimed, uncounted here
+            return {"usage": {"completion_tokens": 8}}
+        self.clock[0] += self.seconds.pop(0)
+        self.drafts += self.per_drafts
+        self.accepted += self.per_accepted
+        return {"usage": {"completion_tokens": max_tokens}}
 
     def metrics_text(self) -> str:
-        return (
-            "# TYPE vllm:iteration_tokens_total histogram\n"
-            f'vllm:iteration_tokens_total_count{{engine="0",model_name="m"}} {self.steps}\n'
-            f'vllm:iteration_tokens_total_sum{{engine="0",model_name="m"}} {self.steps * 3}\n'
-        )
+        lines = [
+            f'vllm:spec_decode_num_drafts_total{{engine="0",model_name="m"}} {self.drafts}',
+            f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="m"}} {2 * self.drafts}',
+            f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="m"}} {self.accepted}',
+        ]
+        return "\n".join(lines) + "\n"
 
 
-def test_step_seconds_is_wall_time_over_vllm_steps_fastest_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_effective_step_time_of_a_speculative_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By hand: batch 4, 64 tokens each; per request 32 drafts with 32 accepted tokens, so E = 1 + 32/32
+    = 2 tokens per step and 64 / 2 = 32 steps per request. Repeats take 4 x 0.4, 4 x 0.25, 4 x 0.3 s
+    (requests run one after another on the fake clock): wall 1.6, 1.0, 1.2 s. Effective step time =
+    b x E x wall / tokens = 4 x 2 x wall / 256 -> 0.05, 0.03125, 0.0375; the fastest: 0.03125 s."""
     clock = [0.0]
     monkeypatch.setattr(c.time, "perf_counter", lambda: clock[0])
-    # batch 4: 4 requests of 20 steps each (the server counts per request: 80 "steps") taking 0.5 s each -> 2 s
-    server = _Server(clock, 20, 0.5)
-    assert c.step_seconds(server, "m", ["a", "b"], batch=4, tokens=64, repeats=3) == pytest.approx(2.0 / 80)  # type: ignore[arg-type]
-    # repeats disturbed by other processes: 0.5, 0.9, 0.7 s per request -> the fastest, 2.0 s / 80 steps
-    slow = [0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9, 0.9, 0.7, 0.7, 0.7, 0.7]
-
-    class _Varying(_Server):
-        def complete(self, model: str, prompt: str, max_tokens: int, **kw: Any) -> dict[str, Any]:
-            if max_tokens != 8:
-                self.seconds = slow.pop(0)
-            return super().complete(model, prompt, max_tokens, **kw)
-
-    assert c.step_seconds(_Varying(clock, 20, 0.0), "m", ["a"], batch=4, tokens=64, repeats=3) == pytest.approx(  # type: ignore[arg-type]
-        2.0 / 80
-    )
+    seconds = [0.4] * 4 + [0.25] * 4 + [0.3] * 4
+    server = _Server(clock, drafts=32, accepted=32, seconds=seconds)
+    got = c.step_seconds(server, "m", ["a", "b"], batch=4, tokens=64, repeats=3)  # type: ignore[arg-type]
+    assert got == pytest.approx(0.03125)
 
 
-def test_a_frozen_step_counter_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = _Server([0.0], 0, 0.1)
-    with pytest.raises(RuntimeError, match="did not move"):
-        c.step_seconds(server, "m", ["a"], batch=1, tokens=16, repeats=1)  # type: ignore[arg-type]
+def test_effective_step_time_without_drafts_is_wall_over_tokens_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain (or k=0) engine: E = 1, so the step time is b x wall / tokens = wall / 64 at batch 2
+    with 64 tokens each: 2 x 0.5 s wall -> 1.0 x 2 / 128 = 0.015625 s."""
+    clock = [0.0]
+    monkeypatch.setattr(c.time, "perf_counter", lambda: clock[0])
+    server = _Server(clock, drafts=0, accepted=0, seconds=[0.5, 0.5])
+    got = c.step_seconds(server, "m", ["a"], batch=2, tokens=64, repeats=1)  # type: ignore[arg-type]
+    assert got == pytest.approx(0.015625)
 
 
 def test_written_calibration_round_trips_and_the_configmap_is_valid(tmp_path: Path) -> None:
