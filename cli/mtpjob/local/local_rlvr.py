@@ -30,7 +30,7 @@ from mtp_api import contracts
 from mtp_api import types as t
 from mtp_rollout.runtime.launcher import server_plan
 from mtp_rollout.runtime.server import VllmServer, free_port
-from mtpjob.local.local_run import LocalRun, RunError, _tail
+from mtpjob.local.local_run import LocalRun, RunError, _tail, speed_rows
 from mtpjob.local.prompts import CHATML
 
 IM_END = "<|im_end|>"  # the chat turn's end: mtp_trainer.tokenizer.IM_END
@@ -208,14 +208,7 @@ def rlvr_table(summary: dict[str, Any]) -> Table:
     table.add_row("final weights: acceptance rate", fmt(acc["acceptance_rate"], "{:.1%}"))
     table.add_row("final weights: mean acceptance length", fmt(acc["mean_acceptance_length"], "{:.3f}"))
     table.add_row("final weights: per-position acceptance", " ".join(f"{x:.1%}" for x in acc["per_position"]) or "-")
-    table.add_row("MTP tokens/s (1 request at a time)", f"{summary['speculative']['tokens_per_second']:.1f}")
-    if "plain" in summary:
-        table.add_row("plain tokens/s", f"{summary['plain']['tokens_per_second']:.1f}")
-        speed = summary["speed"]
-        rounds = " ".join(f"{r:.2f}" for r in speed["speedup_rounds"])
-        table.add_row("measured speedup (fastest passes)", fmt(summary.get("speedup"), "{:.2f}x"))
-        table.add_row("per-round ratios (median)", f"{rounds} ({speed['median_ratio']:.2f}x)")
-        table.add_row("greedy outputs equal", "yes" if summary.get("greedy_outputs_equal") else "NO")
+    speed_rows(table, summary)
     return table
 
 

@@ -421,15 +421,21 @@ def final_table(summary: dict[str, Any]) -> Table:
     table.add_row("mean acceptance length", fmt(acc["mean_acceptance_length"], "{:.3f}"))
     table.add_row("per-position acceptance", " ".join(f"{x:.1%}" for x in acc["per_position"]) or "-")
     table.add_row("speedup bound (tokens / target forward)", fmt(acc["speedup_bound"], "{:.2f}"))
-    table.add_row("MTP tokens/s", f"{summary['speculative']['tokens_per_second']:.1f}")
-    if "plain" in summary:
-        table.add_row("plain tokens/s", f"{summary['plain']['tokens_per_second']:.1f}")
-        speed = summary["speed"]
-        rounds = " ".join(f"{r:.2f}" for r in speed["speedup_rounds"])
-        table.add_row("measured speedup (fastest passes)", fmt(summary.get("speedup"), "{:.2f}x"))
-        table.add_row("per-round ratios (median)", f"{rounds} ({speed['median_ratio']:.2f}x)")
-        table.add_row("greedy outputs equal", "yes" if summary.get("greedy_outputs_equal") else "NO")
+    speed_rows(table, summary)
     return table
+
+
+def speed_rows(table: Table, summary: dict[str, Any]) -> None:
+    """The speed rows of both final tables: tokens/s, the speedup and its rounds, greedy equality."""
+    table.add_row("MTP tokens/s (1 request at a time)", f"{summary['speculative']['tokens_per_second']:.1f}")
+    if "plain" not in summary:
+        return
+    speed = summary["speed"]
+    rounds = " ".join(f"{r:.2f}" for r in speed["speedup_rounds"])
+    table.add_row("plain tokens/s", f"{summary['plain']['tokens_per_second']:.1f}")
+    table.add_row("measured speedup (fastest passes)", f"{summary['speedup']:.2f}x")
+    table.add_row("per-round ratios (median)", f"{rounds} ({speed['median_ratio']:.2f}x)")
+    table.add_row("greedy outputs equal", "yes" if summary.get("greedy_outputs_equal") else "NO")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
