@@ -182,3 +182,35 @@ def test_the_checker_catches_a_backward_edge(module: str, source: str, message: 
 )
 def test_the_checker_allows_the_forward_edges(module: str, source: str) -> None:
     assert violations(module, source) == []
+
+
+# Kopf's private API (``kopf._...``) is imported in one module only, which says why (its API client).
+KOPF_PRIVATE_HOME = "mtp_operator.kube"
+
+
+def private_kopf_imports(module: str, source: str) -> list[str]:
+    return [
+        f"{module}:{line} imports {target}"
+        for line, target in imported(source, module)
+        if target.startswith("kopf._") and module != KOPF_PRIVATE_HOME
+    ]
+
+
+def test_kopf_private_api_stays_in_one_module() -> None:
+    found = [v for module, path in production_modules() for v in private_kopf_imports(module, path.read_text())]
+    assert not found, "\n".join(found)
+    home = PACKAGES["mtp_operator"] / "kube.py"
+    assert any(t.startswith("kopf._") for _, t in imported(home.read_text(), KOPF_PRIVATE_HOME))  # not vacuous
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from kopf._cogs.structs.references import Selector",
+        "import kopf._core.intents.registries",
+        "def f():\n    from kopf._cogs.clients import api",
+    ],
+)
+def test_the_checker_catches_a_private_kopf_import(source: str) -> None:
+    assert private_kopf_imports("mtp_operator.handlers", source)
+    assert not private_kopf_imports(KOPF_PRIVATE_HOME, source)

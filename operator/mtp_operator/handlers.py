@@ -18,8 +18,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
-from kopf._cogs.structs.references import Selector
-from kopf._core.intents.registries import SmartOperatorRegistry
 
 from mtp_api import types as t
 from mtp_operator import metrics, names
@@ -61,8 +59,8 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.peering.mandatory = not config.standalone
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 4]  # Kopf's own watches; our calls use none
-    for group, _, plural, _ in (*CHILD_KINDS, POD_KIND):
-        settings.watching.label_selectors[Selector(group=group, plural=plural)] = MANAGED_SELECTOR
+    for group, version, plural, _ in (*CHILD_KINDS, POD_KIND):
+        settings.watching.label_selectors[group, version, plural] = MANAGED_SELECTOR
     return settings
 
 
@@ -73,11 +71,17 @@ def _observed(
     return observed_from(children, pods[key] if key in pods else [])
 
 
-def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
-    """All handlers of the operator, parameterised by the settings.
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The in-cluster service account, else the kubeconfig: Kopf's own fallbacks when no Kubernetes client
+    library is installed (the operator image has none), through its public login helpers."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    A "smart" registry carries Kopf's fallback logins (kubeconfig, in-cluster service account)."""
-    registry: kopf.OperatorRegistry = SmartOperatorRegistry()
+
+def make_registry(config: OperatorConfig, login_fn: Any = login) -> kopf.OperatorRegistry:
+    """All handlers of the operator, parameterised by the settings; ``login_fn`` is the one login handler
+    (tests pass one that names the test API server)."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(id="login", registry=registry)(login_fn)
     jobs = (t.GROUP, t.VERSION, t.PLURAL)
 
     @kopf.on.startup(id="startup", registry=registry)

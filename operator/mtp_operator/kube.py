@@ -1,7 +1,11 @@
 """The few Kubernetes API calls the operator makes, over Kopf's own authenticated client.
 
-Reusing ``kopf._cogs.clients.api`` (Kopf is pinned exactly in pyproject.toml) means one login, one
-connection pool and the same credentials Kopf's watches use, in-cluster or from a kubeconfig.
+This is the only module that imports Kopf's private API (``kopf._cogs``; ``tests/test_import_graph.py``
+fails on one anywhere else). Kopf has no public API client: it keeps the credentials its login handler
+returned in a vault, re-authenticates on 401 (service-account tokens are rotated) and shares one
+connection pool between its watches and ``api.request``. Our own aiohttp client would have to redo all
+of that; reusing it (Kopf is pinned exactly in pyproject.toml, so the private API cannot move under us)
+means one login, one pool and the same credentials Kopf's watches use, in-cluster or from a kubeconfig.
 Retries are turned off (``backoffs=()``): a failed call raises, and the level-based reconcile
 retries on the next event or resync tick instead of sleeping inside a handler.
 """
@@ -14,8 +18,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import kopf
 from kopf._cogs.clients import api, errors
-from kopf._cogs.configs import configuration
 
 from mtp_api import types as t
 
@@ -52,7 +56,7 @@ class Kube:
 
     def __init__(
         self,
-        settings: configuration.OperatorSettings,
+        settings: kopf.OperatorSettings,
         logger: logging.Logger | logging.LoggerAdapter[Any],
         slots: asyncio.Semaphore | None = None,
     ):

@@ -226,6 +226,8 @@ class TestApiServer(kmock.KubernetesScaffold):
     _uids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _faults: list[tuple[str, str, int]] = attrs.field(factory=list, init=False)
     _owners: dict[Key, fields.Owners] = attrs.field(factory=dict, init=False)
+    # (plural, query parameters) of every watch request, for assertions on what clients ask for.
+    watches: list[tuple[str, dict[str, str]]] = attrs.field(factory=list, init=False)
     _closing: bool = attrs.field(default=False, init=False)
 
     _routes: dict[Any, kmock.Response] = attrs.field(factory=dict, init=False)
@@ -528,6 +530,7 @@ class TestApiServer(kmock.KubernetesScaffold):
         self._info(request.resource)
         yield b""
         params = request.params
+        self.watches.append((str(request.resource.plural if request.resource else ""), dict(params)))
         since = params.get("resourceVersion")
         timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
         loop = asyncio.get_running_loop()

@@ -75,12 +75,14 @@ class OperatorThread:
 
     def __init__(self, url: str | None, config: OperatorConfig | None = None) -> None:
         self.config = config or OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=3600)
-        self.registry = make_registry(self.config)
-        if url is not None:
+        if url is None:
+            self.registry = make_registry(self.config)
+        else:
 
-            @kopf.on.login(registry=self.registry)
             def login(**_: Any) -> kopf.ConnectionInfo:
                 return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
+
+            self.registry = make_registry(self.config, login)
 
         self.memo = kopf.Memo()
         self.settings = make_settings(self.config)

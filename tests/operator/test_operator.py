@@ -89,6 +89,19 @@ def test_create_makes_children_with_owner_references_and_status(backend: Backend
             assert st["trainer"]["readyReplicas"] == 1 and st["rollout"]["readyReplicas"] == 1
 
 
+def test_children_and_pods_are_watched_with_the_operators_label_selector(backend: Backend, job: dict[str, Any]) -> None:
+    if backend.real:
+        pytest.skip("reads the test API server's record of watch requests")
+    backend.apply(t.PLURAL, job)
+    with backend.operator():
+        wait_for(lambda: all_children(backend))
+        watches = backend.server.call(lambda: list(backend.server.server.watches))  # type: ignore[attr-defined]
+    selectors = {plural: params.get("labelSelector") for plural, params in watches}
+    for plural in ("configmaps", "services", "statefulsets", "deployments", "poddisruptionbudgets", "pods"):
+        assert selectors[plural] == "app.kubernetes.io/managed-by=mtp-operator", plural
+    assert selectors[t.PLURAL] is None  # every job is the operator's
+
+
 def test_idle_reconciles_write_nothing(backend: Backend, job: dict[str, Any]) -> None:
     if backend.writes() is None:
         pytest.skip("write counting needs the test API server")
