@@ -20,7 +20,7 @@ per-depth logits for the top-1 agreement metric.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -64,6 +64,42 @@ class ForwardOutput:
     mtp_tokens: list[float] = field(default_factory=list)
     mtp_logits: list[Tensor] = field(default_factory=list)
     lm_logits: Tensor | None = None
+
+
+@dataclass
+class DepthSums:
+    """Per-depth MTP loss, top-1 hits and scored tokens, summed over micro-batches.
+
+    Why one class: the SFT loop and the RL step both sum these and all-reduce them over the
+    data-parallel group as one flat vector; ``flat`` and ``means`` are the two ends of that."""
+
+    loss: list[float] = field(default_factory=list)
+    correct: list[float] = field(default_factory=list)
+    tokens: list[float] = field(default_factory=list)
+
+    @property
+    def depth(self) -> int:
+        return len(self.loss)
+
+    def add(self, out: ForwardOutput) -> None:
+        d = len(out.mtp_losses)
+        if d and not self.loss:
+            self.loss, self.correct, self.tokens = [0.0] * d, [0.0] * d, [0.0] * d
+        for i in range(d):
+            self.loss[i] += float(out.mtp_losses[i].detach())
+            self.correct[i] += out.mtp_correct[i]
+            self.tokens[i] += out.mtp_tokens[i]
+
+    def flat(self) -> list[float]:
+        return [*self.loss, *self.correct, *self.tokens]
+
+    @staticmethod
+    def means(reduced: Sequence[float], depth: int, micro_batches: float) -> tuple[list[float], list[float]]:
+        """(mean loss, agreement) per depth from the reduced ``flat`` vector (``reduced`` starts there)."""
+        d = depth
+        losses = [float(reduced[i]) / micro_batches for i in range(d)]
+        agreement = [float(reduced[d + i]) / max(float(reduced[2 * d + i]), 1.0) for i in range(d)]
+        return losses, agreement
 
 
 def is_mtp_param(name: str) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,41 +126,26 @@ class _Sums:
     lm_correct: float = 0.0
     lm_tokens: float = 0.0
     n: int = 0
-    mtp_loss: list[float] | None = None
-    mtp_correct: list[float] | None = None
-    mtp_tokens: list[float] | None = None
+    mtp: mtp_modes.DepthSums = field(default_factory=mtp_modes.DepthSums)
 
     def add(self, out: mtp_modes.ForwardOutput) -> None:
         self.n += 1
         self.lm_loss += float(out.lm_loss.detach())
         self.lm_correct += out.lm_correct
         self.lm_tokens += out.lm_tokens
-        d = len(out.mtp_losses)
-        if self.mtp_loss is None:
-            self.mtp_loss, self.mtp_correct, self.mtp_tokens = [0.0] * d, [0.0] * d, [0.0] * d
-        assert self.mtp_correct is not None and self.mtp_tokens is not None
-        for i in range(d):
-            self.mtp_loss[i] += float(out.mtp_losses[i].detach())
-            self.mtp_correct[i] += out.mtp_correct[i]
-            self.mtp_tokens[i] += out.mtp_tokens[i]
+        self.mtp.add(out)
 
     def reduced(self, group: Any) -> tuple[float, list[float], list[float], float]:
         """Mean losses and agreement over micro-batches and data-parallel ranks."""
-        d = len(self.mtp_loss or [])
         vec = torch.tensor(
-            [self.lm_loss, float(self.n), self.lm_correct, self.lm_tokens]
-            + (self.mtp_loss or [])
-            + (self.mtp_correct or [])
-            + (self.mtp_tokens or []),
-            dtype=torch.float64,
+            [self.lm_loss, float(self.n), self.lm_correct, self.lm_tokens, *self.mtp.flat()], dtype=torch.float64
         )
         if dist.is_initialized() and dist.get_world_size(group) > 1:
             dist.all_reduce(vec, group=group)
         n = max(vec[1].item(), 1.0)
         lm = vec[0].item() / n
         lm_agree = vec[2].item() / max(vec[3].item(), 1.0)
-        losses = [vec[4 + i].item() / n for i in range(d)]
-        agree = [vec[4 + d + i].item() / max(vec[4 + 2 * d + i].item(), 1.0) for i in range(d)]
+        losses, agree = mtp_modes.DepthSums.means(vec[4:].tolist(), self.mtp.depth, n)
         return lm, losses, agree, lm_agree
 
 

@@ -23,7 +23,7 @@ mini-batch's response-token count summed over ranks, the gradients are averaged 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -204,19 +204,7 @@ class _Acc:
     ratio: float = 0.0
     entropy: float = 0.0
     micro: int = 0
-    mtp_loss: list[float] | None = None
-    mtp_correct: list[float] | None = None
-    mtp_tokens: list[float] | None = None
-
-    def add_mtp(self, out: mtp_modes.ForwardOutput) -> None:
-        d = len(out.mtp_losses)
-        if self.mtp_loss is None:
-            self.mtp_loss, self.mtp_correct, self.mtp_tokens = [0.0] * d, [0.0] * d, [0.0] * d
-        assert self.mtp_correct is not None and self.mtp_tokens is not None
-        for i in range(d):
-            self.mtp_loss[i] += float(out.mtp_losses[i].detach())
-            self.mtp_correct[i] += out.mtp_correct[i]
-            self.mtp_tokens[i] += out.mtp_tokens[i]
+    mtp: mtp_modes.DepthSums = field(default_factory=mtp_modes.DepthSums)
 
 
 def _reduce(values: list[float], group: Any) -> list[float]:
@@ -369,8 +357,7 @@ def rl_step(
             if entropy:
                 acc.entropy += float((entropy[0] * mb.loss_mask).sum())
             acc.micro += 1
-            if out.mtp_losses:
-                acc.add_mtp(out)
+            acc.mtp.add(out)
         allreduce_grads(model, group)
         step_norms = []
         for params in mtp_modes.clip_groups(model, mode):
@@ -394,7 +381,7 @@ def _summary(
     use_ref: bool,
     cfg: GRPOConfig,
 ) -> dict[str, Any]:
-    d = len(acc.mtp_loss or [])
+    d = acc.mtp.depth
     lengths = float(sum(len(s.response) for s in sequences))
     red = _reduce(
         [
@@ -409,13 +396,12 @@ def _summary(
             float(len(sequences)),
             sum(policy_losses),
             acc.pg_loss,
-            *(acc.mtp_loss or []),
-            *(acc.mtp_correct or []),
-            *(acc.mtp_tokens or []),
+            *acc.mtp.flat(),
         ],
         group,
     )
     tokens, micro, n_seq = max(red[0], 1.0), max(red[6], 1.0), max(red[8], 1.0)
+    mtp_losses, mtp_agreement = mtp_modes.DepthSums.means(red[11:], d, micro)
     n_mini = len(policy_losses)
     stats: dict[str, Any] = {
         "policy_loss": red[9] / n_mini,
@@ -424,8 +410,8 @@ def _summary(
         "clip_fraction": red[1] / tokens,
         "kl_old": red[2] / tokens,
         "ratio_mean": red[4] / tokens,
-        "mtp_loss": [red[11 + i] / micro for i in range(d)],
-        "mtp_agreement": [red[11 + d + i] / max(red[11 + 2 * d + i], 1.0) for i in range(d)],
+        "mtp_loss": mtp_losses,
+        "mtp_agreement": mtp_agreement,
         "grad_norm": [sum(col) / len(col) for col in zip(*norms, strict=True)] if norms else [],
         "response_length_mean": red[7] / n_seq,
         "tokens": red[0],
