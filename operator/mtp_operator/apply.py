@@ -81,6 +81,10 @@ async def apply_children(
         await kube.apply(namespace, {k: v for k, v in obj.items() if k != "status"})
         metrics.CHILD_WRITES.labels(kind, "apply").inc()
         written[key] = want
+        if seen is not None:
+            # Applied over this version: until the watch shows the next one, do not check it again (a
+            # reverted edit keeps its hash, so ``written`` settles at once and would not hold it back).
+            owned[key] = (seen.resource_version, want)
         actions.append(f"{action} {kind}/{name}")
     return actions
 

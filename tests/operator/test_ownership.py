@@ -103,3 +103,42 @@ def test_a_new_desired_field_is_not_owned_yet() -> None:
     desired = copy.deepcopy(DESIRED)
     desired["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
     assert not ownership.owns(json.dumps(APPLIED), desired)
+
+
+class _FakeKube:
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+
+    async def apply(self, namespace: str, obj: dict[str, Any]) -> Any:
+        self.applied.append(obj["metadata"]["name"])
+        return obj
+
+
+def test_a_child_no_longer_owned_is_applied_once_until_its_next_version() -> None:
+    import asyncio
+
+    from mtp_operator.apply import apply_children
+    from mtp_operator.observed import ChildState, Observed
+
+    desired = copy.deepcopy(DESIRED)
+    desired["metadata"]["annotations"] = {"mtp.io/spec-hash": "h1"}
+    applied = copy.deepcopy(APPLIED)
+    applied["f:metadata"]["f:annotations"] = {".": {}, "f:mtp.io/spec-hash": {}}
+    edited = _without(["f:spec", "f:replicas"])
+    edited_fields = json.loads(edited)
+    edited_fields["f:metadata"]["f:annotations"] = applied["f:metadata"]["f:annotations"]
+
+    def observed(rv: str, fields: dict[str, Any]) -> Observed:
+        child = ChildState("Deployment", "d", "uid", "h1", resource_version=rv, applied_fields=json.dumps(fields))
+        return Observed({("Deployment", "d"): child})
+
+    kube, written, owned = _FakeKube(), {}, {}  # type: ignore[var-annotated]
+
+    def reconcile(seen: Observed) -> list[str]:
+        return asyncio.run(apply_children(kube, "ns", [desired], seen, written, owned))  # type: ignore[arg-type]
+
+    assert reconcile(observed("5", applied)) == []  # owned: no write
+    assert reconcile(observed("6", edited_fields)) == ["apply (edited by hand: reverted) Deployment/d"]
+    assert reconcile(observed("6", edited_fields)) == []  # the watch has not shown the apply yet: not again
+    assert reconcile(observed("7", applied)) == []
+    assert kube.applied == ["d"]
