@@ -104,6 +104,19 @@ def _model_plan(job: t.MTPTrainingJob, cfg: TrainerConfig) -> dict[str, Any]:
         "mtp_layers": m.mtp_num_layers,
         "parameters": m.num_parameters(),
         "dtype": m.dtype,
+        **(
+            {
+                "experts": {
+                    "routed": m.num_experts,
+                    "per_token": m.num_experts_per_tok,
+                    "intermediate_size": m.moe_intermediate_size,
+                    "shared_intermediate_size": m.shared_expert_intermediate_size,
+                    "aux_loss_coeff": m.moe_aux_loss_coeff,
+                }
+            }
+            if m.is_moe()
+            else {}
+        ),
     }
 
 

@@ -58,6 +58,16 @@ class ModelConfig:
     linear_num_value_heads: int = 0  # 0: num_attention_heads
     # A vision-language source checkpoint whose vision tower (never trained) the export copies through.
     vision_source: str = ""
+    # Mixture of experts (Qwen3-Next / Qwen3.5-MoE, HF names): when num_experts > 0 every MLP, the MTP
+    # layer's included, is num_experts routed SwiGLU experts of moe_intermediate_size (softmax router,
+    # top num_experts_per_tok, renormalised when norm_topk_prob) plus one shared SwiGLU expert of
+    # shared_expert_intermediate_size scaled by sigmoid(shared_expert_gate(x)). ffn_hidden_size is unused.
+    num_experts: int = 0
+    num_experts_per_tok: int = 1
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    norm_topk_prob: bool = True
+    moe_aux_loss_coeff: float = 0.0  # Switch load-balancing loss (HF router_aux_loss_coef), per MoE layer
 
     def is_linear(self, layer: int) -> bool:
         return bool(self.layer_types) and self.layer_types[layer] == LINEAR_ATTENTION
@@ -74,6 +84,9 @@ class ModelConfig:
             self.linear_value_head_dim or self.head_dim,
         )
 
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
     def torch_dtype(self) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
 
@@ -82,11 +95,15 @@ class ModelConfig:
         h, f, v = self.hidden_size, self.ffn_hidden_size, self.vocab_size
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
-        layer = h * (2 * q + 2 * kv) + q * h + 3 * h * f + 2 * h + 2 * self.head_dim
+        mlp = 3 * h * f
+        if self.is_moe():
+            e, s = self.num_experts, self.shared_expert_intermediate_size
+            mlp = e * 3 * h * self.moe_intermediate_size + e * h + (3 * h * s + h if s else 0)
+        layer = h * (2 * q + 2 * kv) + q * h + mlp + 2 * h + 2 * self.head_dim
         nk, nv, dk, dv = self.linear_dims()
         conv = 2 * nk * dk + nv * dv
         linear = h * (conv + nv * dv + 2 * nv) + conv * self.linear_conv_kernel_dim + 2 * nv + dv + nv * dv * h
-        linear += 3 * h * f + 2 * h
+        linear += mlp + 2 * h
         n_linear = sum(self.is_linear(i) for i in range(self.num_layers))
         mtp = layer + 2 * h * h + 3 * h
         out = 0 if self.tie_word_embeddings else v * h
@@ -135,6 +152,7 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     recompute: str = t.Recompute.NONE.value
+    expert_parallel_size: int = 1
 
 
 @dataclass(frozen=True)

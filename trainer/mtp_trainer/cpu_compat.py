@@ -31,6 +31,12 @@ workarounds, measured on megatron-core 0.16.1 + torch 2.13 CPU (see /work/shared
    (``tensor_parallel/random.py: _get_cuda_rng_state / _set_cuda_rng_state``), which raises without
    CUDA. On CPU there is no CUDA RNG to keep: an empty state and a no-op restore (the CPU RNG is still
    saved and restored by the same function). Installed by :func:`apply`, only when CUDA is absent.
+9. Mixture of experts (``transformer/moe/``), :func:`moe_shims` and the provider's ``moe_config``:
+   the router's gating linear (``moe_utils.RouterGatingLinearFunction``) tests
+   ``te_general_gemm is not None``, a name bound only when Transformer Engine imports, so without TE
+   it raises ``NameError``; binding it to ``None`` selects its own ``torch.mm`` path. The ``alltoall``
+   token dispatcher creates a ``torch.cuda.Stream`` at construction, so the provider uses
+   ``allgather``; experts are the local ``SequentialMLP`` (no grouped GEMM), fusions stay off.
 """
 
 from __future__ import annotations
@@ -112,3 +118,11 @@ def gated_delta_net_shims() -> bool:
     gdn.l2norm = _l2norm
     gdn._MTP_SHIMMED = True  # type: ignore[attr-defined]
     return True
+
+
+def moe_shims() -> None:
+    """Workaround 9 when Transformer Engine is absent (CPU or GPU). Idempotent."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not moe_utils.HAVE_TE and not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None  # type: ignore[attr-defined]

@@ -33,6 +33,10 @@ class StepRecord:
     learning_rate: float
     grad_norm: list[float] = field(default_factory=list)
     split: str = "train"
+    # Mixture of experts (training steps): the router's mean unscaled load-balancing loss per MoE layer
+    # (None when its coefficient is 0), and tokens routed to each expert, per MoE layer (trunk, then MTP).
+    moe_aux_loss: float | None = None
+    expert_load: list[list[int]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -47,6 +51,10 @@ class StepRecord:
         if self.split == "train":
             d["learning_rate"] = self.learning_rate
             d["grad_norm"] = self.grad_norm
+            if self.moe_aux_loss is not None:
+                d["moe_aux_loss"] = self.moe_aux_loss
+            if self.expert_load is not None:
+                d["expert_load"] = self.expert_load
         else:
             d["split"] = self.split
         return d

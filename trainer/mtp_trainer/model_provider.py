@@ -49,6 +49,7 @@ class ModelProvider:
     tensor_parallel_size: int = 1
     mtp_loss_scaling_factor: float = 0.3
     recompute: str = "none"  # spec.trainer.strategy.recompute: none | selective | full
+    expert_parallel_size: int = 1
 
     def transformer_config(self) -> TransformerConfig:
         m = self.model
@@ -81,6 +82,8 @@ class ModelProvider:
             "mtp_loss_scaling_factor": self.mtp_loss_scaling_factor,
         }
         kwargs.update(RECOMPUTE[self.recompute])
+        if m.is_moe():
+            kwargs.update(self.moe_config())
         if m.is_hybrid():
             nk, nv, dk, dv = m.linear_dims()
             kwargs.update(
@@ -95,6 +98,36 @@ class ModelProvider:
         if cpu_compat.on_cpu():
             kwargs.update(cpu_compat.cpu_transformer_config_overrides())
         return TransformerConfig(**kwargs)
+
+    def moe_config(self) -> dict[str, Any]:
+        """Megatron's MoE settings for the Qwen3-Next / Qwen3.5-MoE block (HF names in ModelConfig):
+
+        - router: softmax scores; ``norm_topk_prob`` (HF: softmax over all experts, top-k, divide by their
+          sum) equals Megatron's default top-k-then-softmax over the k logits; without it HF keeps the
+          un-renormalised top-k of the full softmax, which is ``moe_router_pre_softmax``;
+        - experts: the local ``SequentialMLP`` (no grouped GEMM), SwiGLU like the dense MLP;
+        - the shared expert with ``moe_shared_expert_gate``: ``sigmoid(x @ gate_weight.T) * mlp(x)``;
+        - the Switch load-balancing loss (``aux_loss``) with ``moe_aux_loss_coeff``, added to the
+          gradients by Megatron's ``MoEAuxLossAutoScaler`` (``moe.set_aux_loss_scale``).
+        """
+        m = self.model
+        shared = m.shared_expert_intermediate_size
+        cpu_compat.moe_shims()
+        return {
+            "num_moe_experts": m.num_experts,
+            "moe_router_topk": m.num_experts_per_tok,
+            "moe_ffn_hidden_size": m.moe_intermediate_size,
+            "moe_shared_expert_intermediate_size": shared or None,
+            "moe_shared_expert_gate": bool(shared),
+            "moe_router_score_function": "softmax",
+            "moe_router_pre_softmax": not m.norm_topk_prob,
+            "moe_router_load_balancing_type": "aux_loss",
+            "moe_aux_loss_coeff": m.moe_aux_loss_coeff,
+            "moe_grouped_gemm": False,
+            # allgather: the alltoall dispatcher creates a torch.cuda.Stream at construction (no CPU path).
+            "moe_token_dispatcher_type": "allgather",
+            "expert_model_parallel_size": self.expert_parallel_size,
+        }
 
     def check(self) -> None:
         """The layout's refusals (head grouping, the tensor-parallel split, rotary halves); builds nothing."""
@@ -123,6 +156,23 @@ class ModelProvider:
                     f"spec.trainer.strategy.tensorParallelSize {tp} must divide the linear-attention key and value "
                     f"heads ({nk}, {nv}); lower tensorParallelSize"
                 )
+        if m.is_moe():
+            if not 1 <= m.num_experts_per_tok <= m.num_experts:
+                raise ConfigError(
+                    f"num_experts_per_tok {m.num_experts_per_tok} must be between 1 and num_experts {m.num_experts}"
+                )
+            if m.moe_intermediate_size < 1:
+                raise ConfigError("moe_intermediate_size must be >= 1 for a mixture-of-experts model")
+            if m.num_experts % self.expert_parallel_size:
+                raise ConfigError(
+                    f"spec.trainer.strategy.expertParallelSize {self.expert_parallel_size} must divide the "
+                    f"{m.num_experts} experts; lower expertParallelSize"
+                )
+            if tp > 1:
+                raise ConfigError(
+                    f"spec.trainer.strategy.tensorParallelSize {tp}: this trainer builds mixture-of-experts models "
+                    "with tensorParallelSize 1 only (expert tensor parallel is not mapped yet); use data parallel"
+                )
         rot = int(m.head_dim * m.rotary_percent)
         if rot % 2:
             raise ConfigError(f"head dim {m.head_dim} x rotary 0.25 = {rot} must be even; use a head dim multiple of 8")
@@ -150,7 +200,12 @@ class ModelProvider:
     def provide(self) -> GPTModel:
         cpu_compat.apply()
         cfg = self.transformer_config()
-        layer_spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+        layer_spec = get_gpt_layer_local_spec(
+            num_experts=self.model.num_experts or None,
+            moe_grouped_gemm=False,
+            qk_layernorm=True,
+            normalization="RMSNorm",
+        )
         # The MTP layer is a full-attention layer in Qwen3.5 / Qwen3-Next, whatever the trunk's last layer is.
         mtp_spec = get_gpt_mtp_block_spec(cfg, layer_spec, use_transformer_engine=False) if cfg.mtp_num_layers else None
         model = GPTModel(

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from torch import nn
 
-from mtp_trainer import checkpoint, mtp_modes
+from mtp_trainer import checkpoint, moe, mtp_modes
 from mtp_trainer.config import OptimConfig, TrainerConfig
 from mtp_trainer.data import BatchSchedule, PackedRows, eval_batches
 from mtp_trainer.metrics import Metrics, StepRecord
@@ -161,6 +161,11 @@ class Trainer:
     out_dir: Path
     tokenizer: Any
     stopped_at: int | None = None  # the step saved when SIGTERM stopped the run early
+    expert_load: moe.ExpertLoad | None = None  # MoE models: tokens per expert per layer (moe.py)
+
+    def __post_init__(self) -> None:
+        if self.expert_load is None and moe.routers(self.model):
+            self.expert_load = moe.ExpertLoad(self.model)
 
     def _dp_group(self) -> Any:
         return ps.get_data_parallel_group() if dist.is_initialized() else None
@@ -176,6 +181,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums = _Sums()
         accum = self.schedule.grad_accum_steps
+        if self.expert_load is not None:
+            moe.set_aux_loss_scale(1.0 / accum, self.device)  # the aux loss is averaged like the main loss
         for micro in range(accum):
             batch = self.schedule.micro_batch(step, micro).to(self.device)
             out = mtp_modes.forward(self.model, batch, mode, cfg.mtp.loss_scaling_factor)
@@ -192,6 +199,10 @@ class Trainer:
         lm, losses, agree, lm_agree = sums.reduced(self._dp_group())
         dt = time.perf_counter() - t0
         tokens = self.schedule.global_batch_size() * cfg.data.seq_length
+        aux, load = None, None
+        if self.expert_load is not None:
+            aux = moe.take_aux_loss(accum)
+            load = self.expert_load.take(self._dp_group(), self.device)
         return StepRecord(
             step=step + 1,
             lm_loss=lm,
@@ -202,6 +213,8 @@ class Trainer:
             step_s=dt,
             learning_rate=lr,
             grad_norm=norms,
+            moe_aux_loss=aux,
+            expert_load=load,
         )
 
     def _allreduce_grads(self) -> None:

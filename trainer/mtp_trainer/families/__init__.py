@@ -62,6 +62,17 @@ REGISTRY: dict[str, Family] = {
         hf_config=qwen3_next.qwen3_5_config,
         model_config_from_hf=qwen3_next.model_config_from_hf,
     ),
+    # Mixture of experts, GPU flavour (Qwen3_5MoeForCausalLM). On CPU a MoE model exports as qwen3_next
+    # (Qwen3NextForCausalLM with num_experts > 0), which vLLM CPU loads without torchvision.
+    "qwen3_5_moe": Family(
+        name="qwen3_5_moe",
+        model_types=("qwen3_5_moe_text", "qwen3_5_moe"),
+        check=qwen3_next.check,
+        to_hf=lambda sd, m: qwen3_next.to_hf(sd, m, moe=False, grouped=False),
+        from_hf=qwen3_next.from_hf,
+        hf_config=qwen3_next.qwen3_5_moe_config,
+        model_config_from_hf=qwen3_next.model_config_from_hf,
+    ),
 }
 
 

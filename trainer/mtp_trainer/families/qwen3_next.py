@@ -56,6 +56,20 @@ def check(m: ModelConfig) -> None:
             f"spec.model.mtpNumLayers {m.mtp_num_layers}: the {m.family} export maps exactly one MTP layer "
             "(Qwen3-Next shares fc and norms across MTP layers); set mtpNumLayers to 1"
         )
+    if m.is_moe() and m.shared_expert_intermediate_size < 1:
+        raise ConfigError(
+            f"shared_expert_intermediate_size {m.shared_expert_intermediate_size}: the {m.family} mixture of experts "
+            "always has a gated shared expert; give it a size >= 1"
+        )
+    if m.is_moe() and m.family == "qwen3_5_moe" and not m.norm_topk_prob:
+        raise ConfigError("qwen3_5_moe always renormalises the top-k router weights: norm_topk_prob must be true")
+    if m.family == "qwen3_5" and m.is_moe():
+        raise ConfigError(
+            "spec.model.family qwen3_5 writes dense MLPs but the model is a mixture of experts; use qwen3_5_moe "
+            "(GPU images) or qwen3_next (Qwen3NextForCausalLM with experts, which vLLM CPU loads)"
+        )
+    if m.family == "qwen3_5_moe" and not m.is_moe():
+        raise ConfigError("spec.model.family qwen3_5_moe needs a mixture-of-experts model (num_experts > 0)")
 
 
 # ------------------------------------------------------------------------------ layer tensors
@@ -190,6 +204,9 @@ def _layer_to_hf(
         out[dst + "self_attn.k_proj.weight"] = k
         out[dst + "self_attn.v_proj.weight"] = v
         out[dst + "self_attn.o_proj.weight"] = sd[src + "self_attention.linear_proj.weight"]
+    if m.is_moe():
+        out.update(_moe_to_hf(sd, src + "mlp.", dst + "mlp.", m))
+        return out
     gate, up = sd[src + "mlp.linear_fc1.weight"].chunk(2, dim=0)
     down = sd[src + "mlp.linear_fc2.weight"]
     if moe:
@@ -211,6 +228,47 @@ def _layer_to_hf(
     return out
 
 
+def _moe_to_hf(sd: dict[str, Tensor], src: str, dst: str, m: ModelConfig) -> dict[str, Tensor]:
+    """Megatron ``MoELayer`` (router, ``SequentialMLP`` experts, gated ``SharedExpertMLP``) -> HF
+    ``SparseMoeBlock`` (``gate``, ``experts.{e}.*``, ``shared_expert.*``, ``shared_expert_gate``)."""
+    out = {dst + "gate.weight": sd[src + "router.weight"]}
+    for e in range(m.num_experts):
+        x = f"{src}experts.local_experts.{e}."
+        gate, up = sd[x + "linear_fc1.weight"].chunk(2, dim=0)
+        out[f"{dst}experts.{e}.gate_proj.weight"] = gate
+        out[f"{dst}experts.{e}.up_proj.weight"] = up
+        out[f"{dst}experts.{e}.down_proj.weight"] = sd[x + "linear_fc2.weight"]
+    gate, up = sd[src + "shared_experts.linear_fc1.weight"].chunk(2, dim=0)
+    out[dst + "shared_expert.gate_proj.weight"] = gate
+    out[dst + "shared_expert.up_proj.weight"] = up
+    out[dst + "shared_expert.down_proj.weight"] = sd[src + "shared_experts.linear_fc2.weight"]
+    out[dst + "shared_expert_gate.weight"] = sd[src + "shared_experts.gate_weight"]
+    return out
+
+
+def _moe_from_hf(hf: dict[str, Tensor], src: str, dst: str, m: ModelConfig) -> dict[str, Tensor]:
+    """HF ``SparseMoeBlock`` -> Megatron ``MoELayer``; per-expert tensors (``experts.{e}.gate_proj``) or
+    the fused 3-D form (``experts.gate_up_proj`` [E, 2I, H], ``experts.down_proj`` [E, H, I])."""
+    out = {dst + "router.weight": hf[src + "gate.weight"]}
+    fused = src + "experts.gate_up_proj" in hf
+    for e in range(m.num_experts):
+        x = f"{dst}experts.local_experts.{e}."
+        if fused:
+            out[x + "linear_fc1.weight"] = hf[src + "experts.gate_up_proj"][e]
+            out[x + "linear_fc2.weight"] = hf[src + "experts.down_proj"][e]
+        else:
+            y = f"{src}experts.{e}."
+            out[x + "linear_fc1.weight"] = torch.cat([hf[y + "gate_proj.weight"], hf[y + "up_proj.weight"]], dim=0)
+            out[x + "linear_fc2.weight"] = hf[y + "down_proj.weight"]
+    shared = src + "shared_expert."
+    out[dst + "shared_experts.linear_fc1.weight"] = torch.cat(
+        [hf[shared + "gate_proj.weight"], hf[shared + "up_proj.weight"]], dim=0
+    )
+    out[dst + "shared_experts.linear_fc2.weight"] = hf[shared + "down_proj.weight"]
+    out[dst + "shared_experts.gate_weight"] = hf[src + "shared_expert_gate.weight"]
+    return out
+
+
 def _layer_from_hf(
     hf: dict[str, Tensor], src: str, dst: str, m: ModelConfig, linear: bool = False
 ) -> dict[str, Tensor]:
@@ -228,6 +286,9 @@ def _layer_from_hf(
             m,
         )
         out[dst + "self_attention.linear_proj.weight"] = hf[src + "self_attn.o_proj.weight"]
+    if m.is_moe():
+        out.update(_moe_from_hf(hf, src + "mlp.", dst + "mlp.", m))
+        return out
     if src + "mlp.gate_proj.weight" in hf:
         mlp = src + "mlp."
     else:
@@ -374,6 +435,34 @@ def qwen3_next_config(m: ModelConfig, special: dict[str, Any], one_expert: bool 
         router_aux_loss_coef=0.0,
         output_router_logits=False,
     )
+    if m.is_moe():  # every layer (and the MTP layer) sparse: decoder_sparse_step 1, no mlp_only_layers
+        cfg.update(_moe_fields(m), norm_topk_prob=m.norm_topk_prob)
+    return cfg
+
+
+def _moe_fields(m: ModelConfig) -> dict[str, Any]:
+    return {
+        "num_experts": m.num_experts,
+        "num_experts_per_tok": m.num_experts_per_tok,
+        "moe_intermediate_size": m.moe_intermediate_size,
+        "shared_expert_intermediate_size": m.shared_expert_intermediate_size,
+        "router_aux_loss_coef": m.moe_aux_loss_coeff,
+        "output_router_logits": False,
+    }
+
+
+def qwen3_5_moe_config(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
+    """``Qwen3_5MoeForCausalLM`` (``qwen3_5_moe_text``): every layer sparse, top-k always renormalised,
+    no dense ``intermediate_size``. The GPU flavour: vLLM's ``qwen3_5`` needs torchvision (no CPU build)."""
+    cfg = _common(m, special)
+    del cfg["intermediate_size"]
+    cfg.update(
+        architectures=["Qwen3_5MoeForCausalLM"],
+        model_type="qwen3_5_moe_text",
+        mtp_num_hidden_layers=m.mtp_num_layers,
+        attn_output_gate=True,
+        **_moe_fields(m),
+    )
     return cfg
 
 
@@ -420,8 +509,23 @@ def model_config_from_hf(cfg: dict[str, Any], family: str, dtype: str) -> ModelC
     """ModelConfig from a config.json of either flavour (or a VL wrapper's ``text_config``)."""
     c = cfg.get("text_config") or cfg
     types = layer_types_from_hf(c)
-    if int(c.get("num_experts") or 0) > 1:
-        raise ConfigError("spec.model.source: mixture-of-experts checkpoints are not supported by this family yet")
+    experts = int(c.get("num_experts") or 0)
+    moe = experts > 1 or str(c.get("model_type", "")).startswith("qwen3_5_moe")
+    if moe and (int(c.get("decoder_sparse_step", 1)) != 1 or c.get("mlp_only_layers")):
+        raise ConfigError(
+            "spec.model.source: config.json mixes dense and sparse layers (decoder_sparse_step "
+            f"{c.get('decoder_sparse_step')}, mlp_only_layers {c.get('mlp_only_layers')}); this trainer builds "
+            "every layer as a mixture of experts"
+        )
+    if moe and not (
+        int(c.get("moe_intermediate_size") or 0) > 0 and int(c.get("shared_expert_intermediate_size") or 0) > 0
+    ):
+        raise ConfigError(
+            f"spec.model.source: config.json has num_experts {experts} but moe_intermediate_size "
+            f"{c.get('moe_intermediate_size')} / shared_expert_intermediate_size {c.get('shared_expert_intermediate_size')}; "
+            "this trainer builds the Qwen3-Next / Qwen3.5-MoE block (routed experts plus a gated shared expert), "
+            "which needs both sizes"
+        )
     rope = c.get("rope_parameters") or {}
     mtp = c.get("num_nextn_predict_layers", c.get("mtp_num_hidden_layers", 0)) or 0
     heads = int(c["num_attention_heads"])
@@ -432,7 +536,7 @@ def model_config_from_hf(cfg: dict[str, Any], family: str, dtype: str) -> ModelC
         num_attention_heads=heads,
         num_key_value_heads=int(c["num_key_value_heads"]),
         head_dim=int(c.get("head_dim") or c["hidden_size"] // heads),
-        ffn_hidden_size=int(c["intermediate_size"]),
+        ffn_hidden_size=int(c.get("intermediate_size") or c.get("moe_intermediate_size") or 0),
         vocab_size=int(c["vocab_size"]),
         tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
         mtp_num_layers=int(mtp),
@@ -448,4 +552,10 @@ def model_config_from_hf(cfg: dict[str, Any], family: str, dtype: str) -> ModelC
         linear_value_head_dim=int(c.get("linear_value_head_dim", 0)) if types else 0,
         linear_num_key_heads=int(c.get("linear_num_key_heads", 0)) if types else 0,
         linear_num_value_heads=int(c.get("linear_num_value_heads", 0)) if types else 0,
+        num_experts=experts if moe else 0,
+        num_experts_per_tok=int(c.get("num_experts_per_tok", 1)) if moe else 1,
+        moe_intermediate_size=int(c.get("moe_intermediate_size", 0)) if moe else 0,
+        shared_expert_intermediate_size=int(c.get("shared_expert_intermediate_size", 0)) if moe else 0,
+        norm_topk_prob=bool(c.get("norm_topk_prob", True)),
+        moe_aux_loss_coeff=float(c.get("router_aux_loss_coef", 0.0)) if moe else 0.0,
     )

@@ -1,0 +1,238 @@
+"""The mixture-of-experts layout of Qwen3-Next / Qwen3.5-MoE (35B-A3B): routed top-k experts plus a
+sigmoid-gated shared expert in every layer, the MTP layer included, built from Megatron's own
+``MoELayer`` on CPU (cpu_compat workaround 9).
+
+References are independent of the trainer: transformers' ``Qwen3NextForCausalLM`` and
+``Qwen3_5MoeForCausalLM`` on the exported checkpoint (their MTP layer is rebuilt from transformers' own
+decoder layer, since transformers does not run ``mtp.*``), and the import back into a fresh model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from mtp_trainer import families, hf_export, hf_import, moe, mtp_modes
+from mtp_trainer.config import ConfigError, ModelConfig
+from mtp_trainer.data import causal_batch
+from mtp_trainer.families.qwen3_next import model_config_from_hf
+
+from .conftest import build_model
+
+MOE = ModelConfig(
+    family="qwen3_next",
+    hidden_size=64,
+    num_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    ffn_hidden_size=128,
+    vocab_size=256,
+    mtp_num_layers=1,
+    max_position_embeddings=512,
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=48,
+    moe_aux_loss_coeff=0.01,
+)
+LOGIT_ATOL = 2e-5  # float32
+
+
+def _perturbed(m: ModelConfig, seed: int) -> torch.nn.Module:
+    """Every weight moved off its init (norms away from 1, router rows apart, so routing is not uniform)."""
+    model = build_model(m, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.add_((0.5 if "router" in n else 0.05) * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _export(model: torch.nn.Module, m: ModelConfig, out: Path) -> Path:
+    out.mkdir(parents=True)
+    save_file(hf_export.hf_tensors(model, m), str(out / "model.safetensors"), metadata={"format": "pt"})
+    special = {"bos_token_id": None, "eos_token_id": 1, "pad_token_id": 0}
+    (out / "config.json").write_text(json.dumps(families.get(m.family).hf_config(m, special)))
+    return out
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.cat([ids, torch.zeros(1, 1, dtype=ids.dtype)], dim=1)
+    batch = causal_batch(tokens, torch.ones(1, ids.shape[1]))
+    out = mtp_modes.forward(model, batch, mtp_modes.JOINT, 0.3, keep_logits=True)
+    assert out.lm_logits is not None
+    return out.lm_logits[:, 0], out.mtp_logits[0][:, 0]
+
+
+@torch.no_grad()
+def _hf_mtp_logits(hf: torch.nn.Module, out: Path, ids: torch.Tensor) -> torch.Tensor:
+    """The MTP depth-1 logits from transformers' own modules: ``mtp.layers.0`` is one of its decoder layers
+    (MoE here), ``fc`` / the pre-fc norms / ``mtp.norm`` its RMSNorm; input = the trunk's final-norm output at
+    position i and the embedding of token i+1 (the vLLM ``qwen3_next_mtp`` / Qwen3.5 layout)."""
+    from safetensors.torch import load_file
+
+    w = load_file(str(out / "model.safetensors"))
+    inner = hf.model
+    layer_cls = type(inner.layers[0])
+    norm_cls = type(inner.norm)
+    cfg = hf.config
+    layer = layer_cls(cfg, 0).eval()
+    sd = {k[len("mtp.layers.0.") :]: v for k, v in w.items() if k.startswith("mtp.layers.0.")}
+    e = [f"mlp.experts.{i}." for i in range(cfg.num_experts)]  # the checkpoint's per-expert form, fused in memory
+    sd["mlp.experts.gate_up_proj"] = torch.stack(
+        [torch.cat([sd[x + "gate_proj.weight"], sd[x + "up_proj.weight"]]) for x in e]
+    )
+    sd["mlp.experts.down_proj"] = torch.stack([sd[x + "down_proj.weight"] for x in e])
+    layer.load_state_dict({k: v for k, v in sd.items() if not k.startswith("mlp.experts.") or "proj." not in k})
+    norms = {}
+    for name in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm"):
+        n = norm_cls(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        n.load_state_dict({"weight": w[f"mtp.{name}.weight"]})
+        norms[name] = n
+    hidden = hf(ids, output_hidden_states=True).hidden_states[-1]  # after the final norm
+    nxt = torch.cat([ids[:, 1:], torch.zeros(1, 1, dtype=ids.dtype)], dim=1)
+    emb = inner.embed_tokens(nxt)
+    x = torch.cat([norms["pre_fc_norm_embedding"](emb), norms["pre_fc_norm_hidden"](hidden)], dim=-1)
+    x = torch.nn.functional.linear(x, w["mtp.fc.weight"])
+    pos = torch.arange(ids.shape[1])[None]
+    x = layer(x, position_embeddings=inner.rotary_emb(x, pos), attention_mask=None, position_ids=pos)
+    x = x[0] if isinstance(x, tuple) else x
+    return hf.lm_head(norms["norm"](x))[0]
+
+
+CASES = [
+    ("qwen3_next", True, "Qwen3NextForCausalLM"),
+    ("qwen3_next", False, "Qwen3NextForCausalLM"),  # norm_topk_prob false: Megatron's pre-softmax router
+    ("qwen3_5_moe", True, "Qwen3_5MoeForCausalLM"),
+]
+
+
+@pytest.mark.parametrize(("family", "norm_topk", "arch"), CASES)
+def test_moe_logits_match_transformers(
+    dist_env: object, tmp_path: Path, family: str, norm_topk: bool, arch: str
+) -> None:
+    m = replace(MOE, family=family, norm_topk_prob=norm_topk)
+    model = _perturbed(m, seed=3)
+    names = dict(model.named_parameters())
+    assert "decoder.layers.0.mlp.experts.local_experts.3.linear_fc1.weight" in names
+    assert "mtp.layers.0.transformer_layer.mlp.router.weight" in names  # the MTP layer is MoE too
+    out = _export(model, m, tmp_path / family)
+    cfg = json.loads((out / "config.json").read_text())
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert type(hf).__name__ == arch
+    ids = torch.randint(2, m.vocab_size, (1, 96), generator=torch.Generator().manual_seed(0))
+    ref, ref_mtp = _logits(model, ids)
+    with torch.no_grad():
+        got = hf(ids).logits[0]
+    got_mtp = _hf_mtp_logits(hf, out, ids)
+    diff, diff_mtp = float((got - ref).abs().max()), float((got_mtp - ref_mtp).abs().max())
+    print(f"{family} norm_topk_prob={norm_topk}: max |logit diff| trunk {diff:.3g}, MTP {diff_mtp:.3g}")
+    torch.testing.assert_close(got, ref, atol=LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(got_mtp, ref_mtp, atol=LOGIT_ATOL, rtol=0)
+
+    # Import back: the same tensors.
+    m2 = model_config_from_hf(cfg, family, "float32")
+    assert (m2.num_experts, m2.num_experts_per_tok, m2.moe_intermediate_size) == (4, 2, 32)
+    assert (m2.shared_expert_intermediate_size, m2.norm_topk_prob) == (48, norm_topk)
+    again = build_model(replace(m2, max_position_embeddings=512), seed=99)
+    hf_import.load_into(again, out, m2)
+    for name, t in again.state_dict().items():
+        if "_extra_state" not in name:
+            torch.testing.assert_close(t, model.state_dict()[name], atol=1e-7, rtol=0, msg=name)
+
+
+def _batch(seed: int, b: int = 2, s: int = 64) -> mtp_modes.Batch:
+    ids = torch.randint(2, MOE.vocab_size, (b, s + 1), generator=torch.Generator().manual_seed(seed))
+    return causal_batch(ids, torch.ones(b, s))
+
+
+def _grads(m: ModelConfig, mode: str, accum_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    model = build_model(m, seed=7).train()
+    moe.set_aux_loss_scale(accum_scale)
+    mtp_modes.prepare(model, mode)
+    mtp_modes.forward(model, _batch(0), mode, 0.3).loss.backward()
+    moe.take_aux_loss(1)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_aux_loss_is_in_the_gradient_and_stays_out_of_a_standalone_trunk(dist_env: object) -> None:
+    """The load-balancing loss reaches the gradients in proportion to its coefficient (Megatron's
+    MoEAuxLossAutoScaler, scaled like the main loss), and in standalone mode the MTP layer's router loss
+    moves no trunk gradient: the trunk's gradients equal those of a run with MTP disabled."""
+    router = "decoder.layers.0.mlp.router.weight"
+    g0 = _grads(replace(MOE, moe_aux_loss_coeff=0.0), mtp_modes.JOINT)[router]
+    g1 = _grads(replace(MOE, moe_aux_loss_coeff=0.01), mtp_modes.JOINT)[router]
+    g2 = _grads(replace(MOE, moe_aux_loss_coeff=0.02), mtp_modes.JOINT)[router]
+    assert float((g1 - g0).abs().max()) > 1e-6
+    torch.testing.assert_close(g2 - g0, 2 * (g1 - g0), atol=1e-7, rtol=1e-4)
+    half = _grads(replace(MOE, moe_aux_loss_coeff=0.01), mtp_modes.JOINT, accum_scale=0.5)[router]
+    torch.testing.assert_close(half - g0, 0.5 * (g1 - g0), atol=1e-7, rtol=1e-4)  # the aux part only
+
+    standalone = _grads(MOE, mtp_modes.STANDALONE)
+    disabled = _grads(MOE, mtp_modes.DISABLED)
+    trunk = [n for n in disabled if not n.startswith("mtp.")]
+    assert trunk and any("router" in n for n in trunk)
+    for n in trunk:
+        torch.testing.assert_close(standalone[n], disabled[n], atol=0, rtol=0, msg=n)
+    assert standalone["mtp.layers.0.transformer_layer.mlp.router.weight"].abs().max() > 0
+
+
+def test_tiny_moe_trains_and_logs_aux_loss_and_expert_load(dist_env: object, tmp_path: Path) -> None:
+    """The trainer's own step on a tiny MoE (joint MTP, 2 micro-batches a step): both losses fall on a
+    fixed set of rows, and every training record carries the aux loss and the tokens per expert."""
+    from mtp_trainer.config import MetricsConfig, OptimConfig, TrainerConfig
+    from mtp_trainer.data import BatchSchedule, PackedRows
+    from mtp_trainer.metrics import Metrics
+    from mtp_trainer.train_loop import Trainer, build_optimizer
+
+    s, n = 32, 4
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(2, MOE.vocab_size, (n, s + 1), generator=g)
+    rows = PackedRows(tokens, torch.ones(n, s), torch.zeros(n, s + 1, dtype=torch.long))
+    cfg = TrainerConfig(model=MOE, optim=OptimConfig(learning_rate=1e-2, max_steps=15, clip_grad=1.0))
+    model = build_model(MOE, seed=1)
+    sched = BatchSchedule(rows, micro_batch_size=2, grad_accum_steps=2)
+    metrics = Metrics(MetricsConfig(), tmp_path, enabled=True)
+    trainer = Trainer(
+        cfg, model, build_optimizer(model, cfg), sched, None, metrics, torch.device("cpu"), tmp_path, None
+    )
+    recs = []
+    for step in range(cfg.optim.max_steps):
+        rec = trainer.train_step(step)
+        metrics.record(rec)
+        recs.append(rec)
+    first, last = recs[0], recs[-1]
+    print(f"moe lm {first.lm_loss:.3f} -> {last.lm_loss:.3f}, mtp {first.mtp_loss[0]:.3f} -> {last.mtp_loss[0]:.3f}, "
+          f"aux {first.moe_aux_loss:.4f} -> {last.moe_aux_loss:.4f}, load {last.expert_load}")  # fmt: skip
+    assert last.lm_loss < first.lm_loss - 2.0 and last.mtp_loss[0] < first.mtp_loss[0] - 1.0
+    for rec in recs:
+        assert rec.moe_aux_loss is not None and 0.9 < rec.moe_aux_loss < 4.0  # 1.0 = perfectly balanced
+        assert rec.expert_load is not None and len(rec.expert_load) == 3  # 2 trunk layers + the MTP layer
+        for layer in rec.expert_load:  # 2 micro-batches x 2 rows x 32 tokens, each to top-2 of 4 experts
+            assert len(layer) == 4 and sum(layer) == 2 * 2 * s * 2
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["expert_load"] == last.expert_load and line["moe_aux_loss"] == pytest.approx(last.moe_aux_loss)
+
+
+def test_moe_refusals() -> None:
+    from mtp_trainer.model_provider import ModelProvider
+
+    with pytest.raises(ConfigError, match="expertParallelSize 3 must divide"):
+        ModelProvider(MOE, expert_parallel_size=3).check()
+    with pytest.raises(ConfigError, match="tensorParallelSize 2"):
+        ModelProvider(replace(MOE, num_key_value_heads=2, num_attention_heads=2), tensor_parallel_size=2).check()
+    with pytest.raises(ConfigError, match="shared expert"):
+        families.get("qwen3_next").check(replace(MOE, shared_expert_intermediate_size=0))
+    with pytest.raises(ConfigError, match="norm_topk_prob"):
+        families.get("qwen3_5_moe").check(replace(MOE, family="qwen3_5_moe", norm_topk_prob=False))
+    cfg = families.get("qwen3_next").hf_config(MOE, {})
+    with pytest.raises(ConfigError, match="decoder_sparse_step"):
+        model_config_from_hf({**cfg, "decoder_sparse_step": 2}, "qwen3_next", "float32")
