@@ -236,3 +236,99 @@ def test_moe_refusals() -> None:
     cfg = families.get("qwen3_next").hf_config(MOE, {})
     with pytest.raises(ConfigError, match="decoder_sparse_step"):
         model_config_from_hf({**cfg, "decoder_sparse_step": 2}, "qwen3_next", "float32")
+
+
+# ------------------------------------------------------------------ vLLM CPU serving (float32)
+
+SERVED = replace(
+    MOE,
+    hidden_size=128,
+    num_attention_heads=2,
+    head_dim=64,  # vLLM CPU attention head dims include 64
+    vocab_size=512,
+    moe_intermediate_size=64,
+    shared_expert_intermediate_size=64,
+)
+GEN = 24
+VLLM_LOGPROB_ATOL = 1e-3  # float32 on both sides
+
+
+def _cycle(start: int, n: int) -> list[int]:
+    """A fixed walk over the vocabulary (token t is followed by (7 t + 3) mod V): learnable by trunk and MTP."""
+    out = [start]
+    for _ in range(n - 1):
+        out.append((7 * out[-1] + 3) % SERVED.vocab_size)
+    return out
+
+
+PROMPTS = [_cycle(5, 8), _cycle(300, 11), [5, 17, 99, 200, 3, 42, 7, 300]]
+
+
+def _trained(m: ModelConfig) -> torch.nn.Module:
+    """A few joint steps on the walk, so the MTP head's drafts are mostly right on walk prompts (accepted)
+    and wrong elsewhere (rejected): the drafter replay then checks both outcomes."""
+    model = build_model(m, seed=0).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(40):
+        starts = torch.randint(2, m.vocab_size, (4,), generator=g).tolist()
+        ids = torch.tensor([_cycle(x, 65) for x in starts])
+        opt.zero_grad()
+        mtp_modes.forward(model, causal_batch(ids, torch.ones(4, 64)), mtp_modes.JOINT, 0.3).loss.backward()
+        opt.step()
+    moe.take_aux_loss(1)
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_vllm_serves_the_moe_with_mtp(dist_env: object, tmp_path: Path) -> None:
+    """Stock vLLM CPU (no plugins, float32, MTP k=1) on the exported MoE vs the trainer on the same weights:
+    greedy tokens, each generated token's logprob, and the drafts and accepted drafts of a replay of the
+    trainer's MTP argmax (test_export_parity's rule)."""
+    import os
+    import subprocess
+    import sys
+
+    model = _trained(SERVED)
+    out = _export(model, SERVED, tmp_path / "moe")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_PLUGINS": ""}
+    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+    if iomp.is_file():
+        env["LD_PRELOAD"] = str(iomp)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.trainer.vllm_moe_probe", str(out), str(GEN), json.dumps(PROMPTS)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("VLLM_MOE_RESULT ")), None)
+    assert proc.returncode == 0 and line is not None, proc.stderr[-3000:]
+    got = json.loads(line.split(" ", 1)[1])
+
+    worst, agree, total, drafts, accepted = 0.0, 0, 0, 0, 0
+    for r in got["results"]:
+        seq = r["prompt"] + r["tokens"]
+        lm, mtp = _logits(model, torch.tensor([seq]))
+        logp = torch.log_softmax(lm, dim=-1)
+        first = len(r["prompt"]) - 1
+        for i, (tok, lp) in enumerate(zip(r["tokens"], r["logprobs"], strict=True)):
+            worst = max(worst, abs(float(logp[first + i, tok]) - lp))
+            agree += int(logp[first + i].argmax()) == tok
+            total += 1
+        pred = mtp.argmax(dim=-1).tolist()
+        j = len(r["prompt"]) + 1
+        while j < len(seq):
+            drafts += 1
+            if pred[j - 2] == seq[j]:
+                accepted += 1
+                j += 2
+            else:
+                j += 1
+    print(f"vLLM MoE: max |logprob diff| {worst:.3g}, greedy agreement {agree}/{total}, "
+          f"drafts/accepted vLLM {got['drafts']}/{got['accepted']} replay {drafts}/{accepted}")  # fmt: skip
+    assert worst < VLLM_LOGPROB_ATOL
+    assert agree == total
+    assert 0 < accepted < drafts  # both outcomes occur
+    assert (got["drafts"], got["accepted"]) == (drafts, accepted)
