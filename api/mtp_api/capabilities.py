@@ -36,6 +36,7 @@ def capability_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Find
             )
         )
     errors += trainer_findings(job)
+    errors += expert_findings(job)
     rl_errors, warnings = rlvr_findings(job)
     return errors + rl_errors, strategy_warnings(job) + warnings
 
@@ -64,6 +65,74 @@ def strategy_warnings(job: t.MTPTrainingJob) -> list[Finding]:
             )
         )
     return out
+
+
+def expert_findings(job: t.MTPTrainingJob) -> list[Finding]:
+    """Mixture of experts: what the trainer builds (experts on every rank, tensor parallel 1) and the
+    expert-parallel arithmetic. A MoE job is a ``qwen3_5_moe`` family or a tiny model with ``numExperts``."""
+    errors: list[Finding] = []
+    spec = job.spec
+    strat = spec.trainer.strategy
+    tiny = spec.model.source.tiny
+    experts = tiny.moe.num_experts if tiny is not None and tiny.moe is not None else 0
+    is_moe = experts > 0 or spec.model.family == t.ModelFamily.QWEN3_5_MOE
+    ep = strat.expert_parallel_size
+    dp = spec.trainer.data_parallel_size()
+    if ep > 1 and not is_moe:
+        errors.append(
+            Finding(
+                "spec.trainer.strategy.expertParallelSize",
+                f"{ep}: the model has no experts (family {spec.model.family}); set it to 1",
+            )
+        )
+    elif experts and experts % ep:
+        errors.append(
+            Finding(
+                "spec.trainer.strategy.expertParallelSize",
+                f"{ep} does not divide spec.model.source.tiny.moe.numExperts {experts}; use a divisor of it",
+            )
+        )
+    elif dp >= 1 and dp % ep:
+        errors.append(
+            Finding(
+                "spec.trainer.strategy.expertParallelSize",
+                f"{ep} does not divide the data-parallel size {dp} (replicas x gpusPerReplica / "
+                "(tensorParallelSize x pipelineParallelSize)); experts are split within data-parallel ranks",
+            )
+        )
+    elif ep > 1:
+        errors.append(
+            Finding(
+                "spec.trainer.strategy.expertParallelSize",
+                f"{ep}: this release's trainer keeps every expert on every rank (expertParallelSize 1); expert-"
+                "parallel groups and the all-to-all token dispatcher are not wired or tested yet; use 1",
+            )
+        )
+    if is_moe and strat.tensor_parallel_size > 1:
+        errors.append(
+            Finding(
+                "spec.trainer.strategy.tensorParallelSize",
+                f"{strat.tensor_parallel_size}: this release's trainer builds mixture-of-experts models with "
+                "tensorParallelSize 1 (expert tensor parallel is not mapped yet); scale with data parallel",
+            )
+        )
+    if experts and spec.model.family == t.ModelFamily.QWEN3_5:
+        errors.append(
+            Finding(
+                "spec.model.family",
+                "qwen3_5 writes dense MLPs but spec.model.source.tiny.moe is set; use qwen3_next (served by "
+                "vLLM on CPU) or qwen3_5_moe (GPU images)",
+            )
+        )
+    if tiny is not None and not experts and spec.model.family == t.ModelFamily.QWEN3_5_MOE:
+        errors.append(
+            Finding(
+                "spec.model.source.tiny.moe",
+                "family qwen3_5_moe needs a mixture of experts; set moe.numExperts, numExpertsPerTok, "
+                "moeIntermediateSize and sharedExpertIntermediateSize",
+            )
+        )
+    return errors
 
 
 # What the SFT reader parses: JSON Lines only (data.load_conversations); these are refused by name.

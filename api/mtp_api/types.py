@@ -92,6 +92,8 @@ class ModelFamily(StrEnum):
     ``Qwen3NextForCausalLM``, which vLLM's Qwen3.5 itself builds on and which loads on CPU
     without torchvision (see docs/trainer.md); vLLM serves it dense with our plugin (below).
     Both carry one MTP layer: Qwen3-Next shares its MTP projection and norms across depths.
+    A mixture of experts (``numExperts`` > 0, the 35B-A3B layout) exports as ``qwen3_next`` with experts
+    (which vLLM CPU serves) or as ``qwen3_5_moe`` (``Qwen3_5MoeForCausalLM``, for GPU images).
     """
 
     QWEN3_5 = "qwen3_5"
@@ -106,7 +108,7 @@ class ModelFamily(StrEnum):
 # Families whose Megatron provider and weight mapping exist in trainer/. The others are accepted
 # by the API (so manifests for real clusters can be written today) and refused by the trainer at
 # start-up with a clear message; `mtpjob validate` warns about them.
-TRAINER_FAMILIES = frozenset({ModelFamily.QWEN3_5, ModelFamily.QWEN3_NEXT})
+TRAINER_FAMILIES = frozenset({ModelFamily.QWEN3_5, ModelFamily.QWEN3_NEXT, ModelFamily.QWEN3_5_MOE})
 
 
 class DType(StrEnum):
@@ -201,6 +203,30 @@ class HuggingFaceSource(ApiModel):
     revision: str = Field(default="main", min_length=1, max_length=128)
 
 
+class TinyMoE(ApiModel):
+    """The Qwen3-Next / Qwen3.5-MoE block (Hugging Face names): routed SwiGLU experts, the top
+    ``numExpertsPerTok`` of a softmax router, plus one shared SwiGLU expert scaled by a sigmoid gate."""
+
+    num_experts: int = Field(ge=1, le=1024, description="Routed experts per layer.")
+    num_experts_per_tok: int = Field(default=1, ge=1, le=64, description="Experts each token is routed to (top-k).")
+    moe_intermediate_size: int = Field(ge=1, le=16384, description="Each routed expert's SwiGLU size.")
+    shared_expert_intermediate_size: int = Field(ge=1, le=16384, description="The shared expert's SwiGLU size.")
+    norm_topk_prob: bool = Field(default=True, description="Renormalise the top-k router weights to sum to 1.")
+    router_aux_loss_coef: float = Field(
+        default=0.001, ge=0.0, le=1.0, description="Weight of the router's load-balancing loss per MoE layer."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "self.numExpertsPerTok <= self.numExperts",
+                "numExpertsPerTok must not exceed numExperts",
+                ".numExpertsPerTok",
+            ),
+        )
+    )
+
+
 class TinySource(ApiModel):
     """A tiny model made in code at start-up (CPU demos and tests); nothing is downloaded."""
 
@@ -211,6 +237,10 @@ class TinySource(ApiModel):
     ffn_hidden_size: int = Field(default=128, ge=16, le=16384)
     vocab_size: int = Field(default=512, ge=128, le=262144)
     tie_word_embeddings: bool = False
+    moe: TinyMoE | None = Field(
+        default=None,
+        description="Mixture of experts (family qwen3_next or qwen3_5_moe) in every layer, the MTP layer's included.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -285,6 +315,13 @@ class MegatronStrategy(ApiModel):
     sequence_parallel: bool = False
     recompute: Recompute = Recompute.NONE
     distributed_optimizer: bool = False
+    expert_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Mixture of experts: ranks the experts are split over; divides the number of experts and "
+        "the data-parallel size.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -560,6 +597,14 @@ class TrainerSpec(ApiModel):
                 "replicas x gpusPerReplica must be divisible by tensorParallelSize x pipelineParallelSize; "
                 "change the GPU count or the parallel layout",
                 ".strategy",
+            ),
+            (
+                "(self.replicas * (self.gpusPerReplica > 0 ? self.gpusPerReplica : 1))"
+                " / (self.strategy.tensorParallelSize * self.strategy.pipelineParallelSize)"
+                " % self.strategy.expertParallelSize == 0",
+                "strategy.expertParallelSize must divide the data-parallel size, replicas x gpusPerReplica / "
+                "(tensorParallelSize x pipelineParallelSize)",
+                ".strategy.expertParallelSize",
             ),
         )
     )

@@ -65,8 +65,8 @@ def test_mode_inside_strategy_config_and_moe() -> None:
     assert "expert_model_parallel_size=8" in notes and "code_sandbox" in notes
     report = v.validate_object(res.manifest)
     assert sorted(e.path for e in report.errors) == [
-        "spec.model.family",
-        "spec.trainer.strategy.tensorParallelSize",
+        "spec.trainer.strategy.tensorParallelSize",  # MoE: experts are not tensor-parallel mapped yet
+        "spec.trainer.strategy.tensorParallelSize",  # rlvr syncs full weights from rank 0
         "spec.trainer.volumes.checkpoints",
     ]
 

@@ -46,7 +46,7 @@ def check_model(m: ModelConfig, cfg: TrainerConfig, spec_mtp_layers: int | None)
             "disabled or a checkpoint with mtp.* weights"
         )
     families.get(m.family).check(m)
-    ModelProvider(m, cfg.parallel.tensor_parallel_size).check()
+    ModelProvider(m, cfg.parallel.tensor_parallel_size, expert_parallel_size=cfg.parallel.expert_parallel_size).check()
     return m
 
 

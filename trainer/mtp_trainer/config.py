@@ -307,6 +307,17 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
             tie_word_embeddings=tiny.tie_word_embeddings,
             max_position_embeddings=max(hp.seq_length, 512),
         )
+        if tiny.moe is not None:
+            e = tiny.moe
+            model = replace(
+                model,
+                num_experts=e.num_experts,
+                num_experts_per_tok=e.num_experts_per_tok,
+                moe_intermediate_size=e.moe_intermediate_size,
+                shared_expert_intermediate_size=e.shared_expert_intermediate_size,
+                norm_topk_prob=e.norm_topk_prob,
+                moe_aux_loss_coeff=e.router_aux_loss_coef,
+            )
     return TrainerConfig(
         model=model,
         source=source,
@@ -332,7 +343,12 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
             seed=hp.seed,
             base_dir=str(base),
         ),
-        parallel=ParallelConfig(strat.tensor_parallel_size, strat.pipeline_parallel_size, str(strat.recompute)),
+        parallel=ParallelConfig(
+            strat.tensor_parallel_size,
+            strat.pipeline_parallel_size,
+            str(strat.recompute),
+            strat.expert_parallel_size,
+        ),
         schedule=ScheduleConfig(save_steps=hp.save_steps, eval_steps=hp.eval_steps),
         metrics=MetricsConfig(port=tr.metrics_port, job=job.metadata.name, namespace=job.metadata.namespace or ""),
         seed=hp.seed,

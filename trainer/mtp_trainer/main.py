@@ -160,14 +160,16 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(cfg.seed)
     par = cfg.parallel
-    model = family.provider(cfg.model, par.tensor_parallel_size, cfg.mtp.loss_scaling_factor, par.recompute).provide()
+    provider = family.provider(
+        cfg.model, par.tensor_parallel_size, cfg.mtp.loss_scaling_factor, par.recompute, par.expert_parallel_size
+    )
+    model = provider.provide()
     if cfg.source.kind == "path" and resume_from is None:
         assert cfg.source.path is not None
         hf_import.load_into(model, Path(cfg.source.path), cfg.model)
     if problems is not None:
         metrics = Metrics(cfg.metrics, out_dir, enabled=info.is_main)
         _announce(cfg, model, info, metrics, resume_from, 0, problems=(len(problems[0]), len(problems[1])))
-        provider = family.provider(cfg.model, par.tensor_parallel_size, cfg.mtp.loss_scaling_factor, par.recompute)
         stopped = rlvr.run(cfg, model, tok, out_dir, metrics, info.device, problems, resume_from, provider.provide)
         if stopped is not None:  # SIGTERM: that step is checkpointed; the next start resumes from it
             distributed.shutdown()

@@ -27,10 +27,15 @@ class Family:
     model_config_from_hf: Callable[[dict[str, Any], str, str], ModelConfig]
 
     def provider(
-        self, model: ModelConfig, tensor_parallel_size: int = 1, mtp_scale: float = 0.3, recompute: str = "none"
+        self,
+        model: ModelConfig,
+        tensor_parallel_size: int = 1,
+        mtp_scale: float = 0.3,
+        recompute: str = "none",
+        expert_parallel_size: int = 1,
     ) -> ModelProvider:
-        # Every family shares the Qwen3.5/Qwen3-Next Megatron layout (dense, optionally hybrid).
-        return ModelProvider(model, tensor_parallel_size, mtp_scale, recompute)
+        # Every family shares the Qwen3.5/Qwen3-Next Megatron layout (dense or MoE, optionally hybrid).
+        return ModelProvider(model, tensor_parallel_size, mtp_scale, recompute, expert_parallel_size)
 
 
 REGISTRY: dict[str, Family] = {
