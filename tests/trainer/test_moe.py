@@ -84,7 +84,7 @@ def _hf_mtp_logits(hf: torch.nn.Module, out: Path, ids: torch.Tensor) -> torch.T
     layer_cls = type(inner.layers[0])
     norm_cls = type(inner.norm)
     cfg = hf.config
-    layer = layer_cls(cfg, 0).eval()
+    layer = layer_cls(cfg, list(cfg.layer_types).index("full_attention")).eval()  # the MTP layer is full attention
     sd = {k[len("mtp.layers.0.") :]: v for k, v in w.items() if k.startswith("mtp.layers.0.")}
     e = [f"mlp.experts.{i}." for i in range(cfg.num_experts)]  # the checkpoint's per-expert form, fused in memory
     sd["mlp.experts.gate_up_proj"] = torch.stack(
@@ -405,3 +405,47 @@ def test_entry_point_trains_and_exports_a_tiny_moe(tmp_path: Path) -> None:
     assert (cfg["architectures"], cfg["num_experts"], cfg["num_experts_per_tok"]) == (["Qwen3NextForCausalLM"], 4, 2)
     hf = AutoModelForCausalLM.from_pretrained(str(out / "hf"), dtype=torch.float32)
     assert type(hf.model.layers[0].mlp).__name__ == "Qwen3NextSparseMoeBlock"
+
+
+# ------------------------------------------------------------------ hybrid + MoE: the 35B-A3B layout in miniature
+
+HYBRID_MOE = replace(
+    MOE,
+    num_layers=4,
+    layer_types=("linear_attention", "linear_attention", "linear_attention", "full_attention"),
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+)
+
+
+@pytest.mark.parametrize(
+    ("family", "arch"), [("qwen3_next", "Qwen3NextForCausalLM"), ("qwen3_5_moe", "Qwen3_5MoeForCausalLM")]
+)
+def test_hybrid_moe_logits_match_transformers(dist_env: object, tmp_path: Path, family: str, arch: str) -> None:
+    """Gated DeltaNet layers (3 of 4, as 35B-A3B's full_attention_interval 4) and experts in every layer."""
+    m = replace(HYBRID_MOE, family=family)
+    model = _perturbed(m, seed=4)
+    names = dict(model.named_parameters())
+    assert "decoder.layers.0.self_attention.in_proj.weight" in names
+    assert "decoder.layers.0.mlp.router.weight" in names
+    out = _export(model, m, tmp_path / family)
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert type(hf).__name__ == arch
+    ids = torch.randint(2, m.vocab_size, (1, 96), generator=torch.Generator().manual_seed(0))
+    ref, ref_mtp = _logits(model, ids)
+    with torch.no_grad():
+        got = hf(ids).logits[0]
+    got_mtp = _hf_mtp_logits(hf, out, ids)
+    diff, diff_mtp = float((got - ref).abs().max()), float((got_mtp - ref_mtp).abs().max())
+    print(f"hybrid MoE {family}: max |logit diff| trunk {diff:.3g}, MTP {diff_mtp:.3g}")
+    torch.testing.assert_close(got, ref, atol=LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(got_mtp, ref_mtp, atol=LOGIT_ATOL, rtol=0)
+    m2 = model_config_from_hf(json.loads((out / "config.json").read_text()), family, "float32")
+    assert m2.layer_types == m.layer_types and m2.num_experts == 4
+    again = build_model(replace(m2, max_position_embeddings=512), seed=99)
+    hf_import.load_into(again, out, m2)
+    for name, t in again.state_dict().items():
+        if "_extra_state" not in name:
+            torch.testing.assert_close(t, model.state_dict()[name], atol=1e-7, rtol=0, msg=name)
