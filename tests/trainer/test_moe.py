@@ -449,3 +449,32 @@ def test_hybrid_moe_logits_match_transformers(dist_env: object, tmp_path: Path, 
     for name, t in again.state_dict().items():
         if "_extra_state" not in name:
             torch.testing.assert_close(t, model.state_dict()[name], atol=1e-7, rtol=0, msg=name)
+
+
+def test_rl_policy_step_averages_the_aux_loss_over_micro_batches(dist_env: object) -> None:
+    """GRPO on a MoE policy: the router's aux-loss gradient is scaled 1 / micro-batches, like the policy
+    loss (one micro-batch of 4 sequences and two of 2 give router gradients of the same aux part)."""
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    from mtp_trainer.rl.grpo import GRPOConfig
+    from mtp_trainer.rl.policy_step import RolloutSequence, rl_step
+
+    g = torch.Generator().manual_seed(3)
+    seqs = [RolloutSequence(torch.randint(2, 256, (6,), generator=g).tolist(), torch.randint(2, 256, (10,), generator=g).tolist()) for _ in range(4)]  # fmt: skip
+    adv = [1.0, -1.0, 0.5, -0.5]
+
+    def aux_part(micro: int) -> torch.Tensor:
+        grads = []
+        for coeff in (0.0, 0.5):
+            model = build_model(replace(MOE, moe_aux_loss_coeff=coeff), seed=2)
+            opt = torch.optim.SGD(model.parameters(), lr=0.0)
+            rl_step(model, opt, seqs, adv, None, GRPOConfig(micro_batch_size=micro), mode=mtp_modes.JOINT)
+            grads.append(model.decoder.layers[0].mlp.router.weight.grad.clone())
+        moe.take_aux_loss(1)
+        return grads[1] - grads[0]
+
+    one, two = aux_part(0), aux_part(2)
+    ratio = float(two.norm() / one.norm())
+    print(f"aux-loss router gradient, 2 micro-batches / 1: {ratio:.3f}")
+    assert float(MoEAuxLossAutoScaler.main_loss_backward_scale) == 0.5
+    assert 0.75 < ratio < 1.5  # unscaled, the two micro-batches would add up to about twice the one (2.2)

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from torch import Tensor, nn
 
-from mtp_trainer import mtp_modes
+from mtp_trainer import moe, mtp_modes
 from mtp_trainer.data import causal_batch
 from mtp_trainer.mtp_modes import Batch
 from mtp_trainer.rl import grpo
@@ -323,6 +323,7 @@ def rl_step(
     for mini in minis:
         optimizer.zero_grad(set_to_none=True)
         micros = _micro_chunks(mini, cfg.micro_batch_size)
+        moe.set_aux_loss_scale(1.0 / len(micros), device)  # MoE router loss: a mean over the micro-batches
         # The token-level mean over the whole mini-batch, all ranks: each piece divides by this.
         n_tokens = max(_reduce([float(batch.loss_mask[mini].sum())], group)[0], 1.0)
         mini_loss = 0.0
