@@ -117,6 +117,10 @@ TRAINER_MTP_AGREEMENT = "mtp_trainer_mtp_agreement"  # + split, depth
 TRAINER_TOKENS_PER_SECOND = "mtp_trainer_tokens_per_second"
 TRAINER_STEP_SECONDS = "mtp_trainer_step_seconds"
 TRAINER_LEARNING_RATE = "mtp_trainer_learning_rate"
+# Mixture-of-experts models only (no series otherwise): the router's load-balancing loss (1.0 = balanced)
+# and the share of routed tokens each expert got in the last step (1 / numExperts = balanced).
+TRAINER_MOE_AUX_LOSS = "mtp_trainer_moe_aux_loss"
+TRAINER_MOE_EXPERT_LOAD = "mtp_trainer_moe_expert_load"  # + layer, expert
 TRAINER_METRIC_NAMES = (
     TRAINER_STEP,
     TRAINER_LM_LOSS,
@@ -125,6 +129,8 @@ TRAINER_METRIC_NAMES = (
     TRAINER_TOKENS_PER_SECOND,
     TRAINER_STEP_SECONDS,
     TRAINER_LEARNING_RATE,
+    TRAINER_MOE_AUX_LOSS,
+    TRAINER_MOE_EXPERT_LOAD,
 )
 # rlvr: one value per RL step. split is "train" (the step's samples) or "validation" (held-out prompts).
 RL_REWARD_MEAN = "mtp_trainer_rl_reward_mean"  # + split

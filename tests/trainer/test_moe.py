@@ -220,6 +220,12 @@ def test_tiny_moe_trains_and_logs_aux_loss_and_expert_load(dist_env: object, tmp
             assert len(layer) == 4 and sum(layer) == 2 * 2 * s * 2
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["expert_load"] == last.expert_load and line["moe_aux_loss"] == pytest.approx(last.moe_aux_loss)
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.registry).decode()
+    assert 'mtp_trainer_moe_aux_loss{job="local",namespace=""}' in text
+    share = last.expert_load[2][3] / sum(last.expert_load[2])
+    assert f'mtp_trainer_moe_expert_load{{expert="3",job="local",layer="2",namespace=""}} {share}' in text
 
 
 def test_moe_refusals() -> None:

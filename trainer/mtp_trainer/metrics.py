@@ -88,6 +88,18 @@ class Metrics:
         self.tokens_per_s = Gauge(contracts.TRAINER_TOKENS_PER_SECOND, "Training tokens per second", labels, registry=r)
         self.step_s = Gauge(contracts.TRAINER_STEP_SECONDS, "Wall time of the last optimizer step", labels, registry=r)
         self.lr = Gauge(contracts.TRAINER_LEARNING_RATE, "Current learning rate", labels, registry=r)
+        self.moe_aux_loss = Gauge(
+            contracts.TRAINER_MOE_AUX_LOSS,
+            "MoE router load-balancing loss, mean per MoE layer (1.0 = balanced)",
+            labels,
+            registry=r,
+        )
+        self.moe_expert_load = Gauge(
+            contracts.TRAINER_MOE_EXPERT_LOAD,
+            "Share of the routed tokens each expert got in the last step, per MoE layer (1/experts = balanced)",
+            [*labels, "layer", "expert"],
+            registry=r,
+        )
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
             if cfg.port:
@@ -119,6 +131,12 @@ class Metrics:
             self.tokens_per_s.labels(**b).set(rec.tokens_per_s)
             self.step_s.labels(**b).set(rec.step_s)
             self.lr.labels(**b).set(rec.learning_rate)
+            if rec.moe_aux_loss is not None:
+                self.moe_aux_loss.labels(**b).set(rec.moe_aux_loss)
+            for layer, counts in enumerate(rec.expert_load or []):
+                total = max(sum(counts), 1)
+                for e, n in enumerate(counts):
+                    self.moe_expert_load.labels(**b, layer=str(layer), expert=str(e)).set(n / total)
         line = rec.to_json() if self.phase is None else {"phase": self.phase, **rec.to_json()}
         with self.path.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
