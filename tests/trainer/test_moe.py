@@ -484,3 +484,37 @@ def test_rl_policy_step_averages_the_aux_loss_over_micro_batches(dist_env: objec
     print(f"aux-loss router gradient, 2 micro-batches / 1: {ratio:.3f}")
     assert float(MoEAuxLossAutoScaler.main_loss_backward_scale) == 0.5
     assert 0.75 < ratio < 1.5  # unscaled, the two micro-batches would add up to about twice the one (2.2)
+
+
+def test_vision_language_moe_checkpoint_keeps_its_vision_tower(dist_env: object, tmp_path: Path) -> None:
+    """A Qwen3.5-MoE VL checkpoint (the 35B-A3B form): text under model.language_model., a vision tower
+    beside it. Import reads the text weights; the export writes them back with the vision tower as stored and
+    the source's own config.json around the trained text_config."""
+    m = replace(MOE, family="qwen3_5_moe")
+    model = _perturbed(m, seed=8)
+    text = hf_export.hf_tensors(model, m)
+    vision = {"model.visual.patch_embed.proj.weight": torch.randn(8, 3, 2, 2)}
+    src = tmp_path / "vl"
+    src.mkdir()
+    vl = {k.replace("model.", "model.language_model.", 1) if k.startswith("model.") else k: v for k, v in text.items()}
+    save_file({**vl, **vision}, str(src / "model.safetensors"))
+    special = {"bos_token_id": None, "eos_token_id": 1, "pad_token_id": 0}
+    wrapper = {
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+        "model_type": "qwen3_5_moe",
+        "text_config": families.get("qwen3_5_moe").hf_config(m, special),
+        "vision_config": {"depth": 1},
+    }
+    (src / "config.json").write_text(json.dumps(wrapper))
+    m_vl = model_config_from_hf(wrapper, "qwen3_5_moe", "float32")
+    assert m_vl.num_experts == 4
+    m_vl = replace(m_vl, max_position_embeddings=512, vision_source=str(src))
+    again = build_model(m_vl, seed=11)
+    hf_import.load_into(again, src, m_vl)
+    exported = hf_export.hf_tensors(again, m_vl)
+    assert set(exported) == set(vl) | set(vision)
+    for k, v in {**vl, **vision}.items():
+        torch.testing.assert_close(exported[k], v, atol=1e-7, rtol=0, msg=k)
+    cfg = families.get("qwen3_5_moe").hf_config(m_vl, special)
+    assert cfg["architectures"] == ["Qwen3_5MoeForConditionalGeneration"] and cfg["vision_config"] == {"depth": 1}
+    assert (cfg["text_config"]["num_experts"], cfg["text_config"]["model_type"]) == (4, "qwen3_5_moe_text")

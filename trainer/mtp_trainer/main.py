@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         assert cfg.source.path is not None
         hf_cfg = hf_import.read_config(Path(cfg.source.path))
         m = check.model_from_hf_config(hf_cfg, cfg, spec_mtp)
-        if "vision_config" in hf_cfg and m.family == "qwen3_5":  # keep the (untrained) vision tower
+        if "vision_config" in hf_cfg and m.family in ("qwen3_5", "qwen3_5_moe"):  # keep the (untrained) vision tower
             m = replace(m, vision_source=cfg.source.path)
         cfg = replace(cfg, model=m)
     family = families.get(cfg.model.family)

@@ -94,5 +94,5 @@ def for_model_type(model_type: str) -> Family:
             return fam
     raise ConfigError(
         f"config.json model_type {model_type!r} is not a supported family ({', '.join(REGISTRY)}); "
-        "import a dense Qwen3.5 / Qwen3-Next checkpoint"
+        "import a Qwen3.5 / Qwen3-Next / Qwen3.5-MoE checkpoint"
     )

@@ -1,4 +1,4 @@
-"""Qwen3.5 / Qwen3-Next (dense, all full attention, one MTP layer) <-> Megatron GPTModel.
+"""Qwen3.5 / Qwen3-Next (dense or mixture of experts, full or hybrid attention, one MTP layer) <-> Megatron GPTModel.
 
 One tensor mapping, two config.json flavours:
 
@@ -16,7 +16,9 @@ One tensor mapping, two config.json flavours:
   (the softmax over one logit is exactly 1.0), the dense weights as ``experts.0``, and a zero
   shared expert whose contribution is exactly 0 (``sigmoid(0) * 0``).
 
-Import accepts all three and refuses a real MoE.
+Import accepts all three. A real mixture of experts (``num_experts`` > 1: every layer, the MTP layer's
+included, a ``MoELayer``) maps router / experts / gated shared expert one to one (``_moe_to_hf``), under
+``qwen3_next`` (CPU-servable) or ``qwen3_5_moe`` (``Qwen3_5MoeForCausalLM``, GPU images).
 
 Tensor correspondences (Megatron -> HF), per layer ``L`` (MTP layer 0 uses the same layer map):
 
@@ -463,7 +465,7 @@ def qwen3_5_moe_config(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any
         attn_output_gate=True,
         **_moe_fields(m),
     )
-    return cfg
+    return _with_vision(cfg, m, special)
 
 
 def qwen3_5_config(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
@@ -474,9 +476,14 @@ def qwen3_5_config(m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
         mtp_num_hidden_layers=m.mtp_num_layers,
         attn_output_gate=True,
     )
+    return _with_vision(cfg, m, special)
+
+
+def _with_vision(cfg: dict[str, Any], m: ModelConfig, special: dict[str, Any]) -> dict[str, Any]:
+    """A vision-language source (``m.vision_source``): its own config.json, with the trained text model's
+    settings as ``text_config``; else ``cfg`` unchanged."""
     if not m.vision_source:
         return cfg
-    # A vision-language source: its own config.json, with the trained text model's settings.
     import json
     from pathlib import Path
 
