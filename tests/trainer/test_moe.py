@@ -518,3 +518,74 @@ def test_vision_language_moe_checkpoint_keeps_its_vision_tower(dist_env: object,
     cfg = families.get("qwen3_5_moe").hf_config(m_vl, special)
     assert cfg["architectures"] == ["Qwen3_5MoeForConditionalGeneration"] and cfg["vision_config"] == {"depth": 1}
     assert (cfg["text_config"]["num_experts"], cfg["text_config"]["model_type"]) == (4, "qwen3_5_moe_text")
+
+
+HYBRID_SERVED = replace(
+    SERVED,
+    num_layers=4,
+    layer_types=("linear_attention", "linear_attention", "linear_attention", "full_attention"),
+    linear_num_key_heads=1,
+    linear_num_value_heads=2,
+    linear_key_head_dim=64,  # vLLM's CPU GDN ops need linear head dims >= 64
+    linear_value_head_dim=64,
+)
+BF16_LOGPROB_ATOL = 0.5  # vLLM computes in bfloat16, the reference in float32 on the same weights
+
+
+@pytest.mark.slow
+def test_vllm_serves_the_hybrid_moe_with_mtp(dist_env: object, tmp_path: Path) -> None:
+    """The 35B-A3B layout in miniature on stock vLLM CPU: Gated DeltaNet + full attention, experts everywhere,
+    MTP k=1, bfloat16 and prefix caching off (vLLM's CPU GDN conditions, NOTES.md), through the hybrid probe;
+    against the trainer in float32 on the same bfloat16-rounded weights."""
+    import os
+    import subprocess
+    import sys
+
+    m = replace(HYBRID_SERVED, dtype="bfloat16")
+    trained = _trained(replace(HYBRID_SERVED, dtype="float32"))
+    out = _export(trained, m, tmp_path / "hybrid-moe")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_PLUGINS": ""}
+    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+    if iomp.is_file():
+        env["LD_PRELOAD"] = str(iomp)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.trainer.vllm_hybrid_probe", str(out), str(GEN), json.dumps(PROMPTS)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("VLLM_HYBRID_RESULT ")), None)
+    assert proc.returncode == 0 and line is not None, proc.stderr[-3000:]
+    got = json.loads(line.split(" ", 1)[1])
+
+    m2 = model_config_from_hf(json.loads((out / "config.json").read_text()), "qwen3_next", "float32")
+    ref = build_model(replace(m2, max_position_embeddings=512), seed=2)
+    hf_import.load_into(ref, out, m2)  # the bfloat16 weights vLLM loaded, in float32
+    ref.eval()
+    worst, agree, total, drafts, accepted = 0.0, 0, 0, 0, 0
+    for r in got["results"]:
+        seq = r["prompt"] + r["tokens"]
+        lm, mtp = _logits(ref, torch.tensor([seq]))
+        logp = torch.log_softmax(lm, dim=-1)
+        first = len(r["prompt"]) - 1
+        for i, (tok, lp) in enumerate(zip(r["tokens"], r["logprobs"], strict=True)):
+            worst = max(worst, abs(float(logp[first + i, tok]) - lp))
+            agree += int(logp[first + i].argmax()) == tok
+            total += 1
+        pred = mtp.argmax(dim=-1).tolist()
+        j = len(r["prompt"]) + 1
+        while j < len(seq):
+            drafts += 1
+            if pred[j - 2] == seq[j]:
+                accepted += 1
+                j += 2
+            else:
+                j += 1
+    print(f"vLLM hybrid MoE: max |logprob diff| {worst:.3f}, greedy agreement {agree}/{total}, "
+          f"drafts/accepted vLLM {got['drafts']}/{got['accepted']} replay {drafts}/{accepted}")  # fmt: skip
+    assert worst < BF16_LOGPROB_ATOL
+    assert agree >= total - 2  # bfloat16 may flip a near tie
+    assert got["drafts"] > 0
+    assert abs(got["drafts"] - drafts) <= 2 and abs(got["accepted"] - accepted) <= 2
