@@ -453,6 +453,7 @@ TRAINER_JOB_DOC = {
             "resources": {"limits": {}, "requests": {}},
             "strategy": {
                 "distributedOptimizer": False,
+                "expertParallelSize": 1,
                 "pipelineParallelSize": 1,
                 "recompute": "none",
                 "sequenceParallel": False,
