@@ -1,14 +1,20 @@
 """Benchmark the operator against the test API server: cost per job created and per idle reconcile.
 
-For each N it starts a fresh test API server holding N MTPTrainingJobs, starts the real operator
-(Kopf, standalone) and measures:
+For each N it starts a fresh test API server holding N MTPTrainingJobs in this process, starts the
+real operator (Kopf, standalone) in a child process of its own, as in a cluster, and measures:
 - API requests and writes per job while the operator creates everything (until every job has all
   its children and status Created; jobs carry no finalizer);
 - requests and writes per idle reconcile: the resync timer reconciles every job again with nothing
   changed (the target is zero writes);
 - p50/p99 of the reconcile handler's latency, API calls included, for both phases;
-- the process RSS before and after the operator started (the server runs in the same process, so
-  the difference is what the operator added).
+- the CPU time each process used until every job was Created (the operator's includes its start-up;
+  the server's, in this process, includes polling for readiness);
+- the operator process's RSS at the end and its peak (VmHWM), and the server process's RSS with the
+  N jobs stored (before the operator started) and at the end (with every child, and its event log).
+
+The child (``--operator URL``) is driven over stdin/stdout: it prints ``imported`` before starting the
+operator (the create clock starts there), reads N on stdin to start the idle phase, prints the idle
+count, its latency samples' percentiles and its RSS as one JSON line, and stops at the next line.
 
 Run:  python bench/bench_operator.py --jobs 1 100 1000 [--markdown docs/bench-operator.md]
 """
@@ -18,7 +24,10 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
+import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -41,9 +50,10 @@ from tests.apiserver.harness import OperatorThread, ServerThread, wait_for  # no
 RESYNC_SECONDS = 5.0
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident memory (``VmRSS``) or its peak (``VmHWM``), in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -97,14 +107,20 @@ class Result:
     p99_create_ms: float
     p50_idle_ms: float
     p99_idle_ms: float
+    operator_cpu_s: float
+    server_cpu_s: float
     rss_server_mib: float
-    rss_total_mib: float
+    rss_server_end_mib: float
+    rss_operator_mib: float
+    rss_operator_peak_mib: float
 
 
 def ready(server: ServerThread, n: int) -> bool:
     def check() -> bool:
-        jobs = server.server.find(t.PLURAL)
-        if len(jobs) != n or len(server.server.find("deployments")) != n:
+        """Reads the store in place: ``find`` would deep-copy every job and Deployment at each poll."""
+        objects = server.server.objects
+        jobs = [o for k, o in objects.items() if k[2] == t.PLURAL]
+        if len(jobs) != n or sum(1 for k in objects if k[2] == "deployments") != n:
             return False
         return all((j.get("status") or {}).get("state") == "Created" for j in jobs)
 
@@ -115,41 +131,69 @@ def delta(after: ApiCounters, before: ApiCounters) -> tuple[int, int]:
     return after.total - before.total, after.writes - before.writes
 
 
-def run_one(n: int) -> Result:
+def operator_process(url: str, resync: float) -> None:
+    """``--operator URL``: the operator alone in this process, phases driven by the parent (module doc)."""
     timings = Timings()
     timings.install()
-    try:
-        with ServerThread() as server:
+    config = OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=resync)
+    print("imported", flush=True)
+    with OperatorThread(url, config):
+        n = int(sys.stdin.readline())
+        create_cpu = time.process_time()
+        timings.phase = "idle"
+        timer = metrics.RECONCILES.labels("timer")
+        before = timer._value.get()
+        wait_for(lambda: timer._value.get() - before >= n, timeout=600, interval=0.2)
+        report = {
+            "idle_reconciles": int(timer._value.get() - before),
+            "create_ms": [pct(timings.samples["create"], 0.5), pct(timings.samples["create"], 0.99)],
+            "idle_ms": [pct(timings.samples["idle"], 0.5), pct(timings.samples["idle"], 0.99)],
+            "create_cpu_s": create_cpu,
+            "rss_mib": rss_mib(),
+            "peak_mib": rss_mib("VmHWM"),
+        }
+        print(json.dumps(report), flush=True)
+        sys.stdin.readline()
 
-            async def store_jobs() -> None:
-                for i in range(n):
-                    await server.server.put_object(t.PLURAL, job_body(i))
 
-            server.call(store_jobs)
-            rss_server = rss_mib()
-            config = OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=RESYNC_SECONDS)
-            start_counts = server.call(server.server.counters.snapshot)
-            started = time.perf_counter()
-            with OperatorThread(server.url, config):
-                wait_for(lambda: ready(server, n), timeout=600, interval=0.2)
-                create_seconds = time.perf_counter() - started
-                # Let stragglers (watch events of the last writes) settle before the idle window.
-                wait_for(lambda: _quiet(server), timeout=120, interval=0.2)
-                created = server.call(server.server.counters.snapshot)
-                timings.phase = "idle"
-                timer_before = metrics.RECONCILES.labels("timer")._value.get()
-                wait_for(
-                    lambda: metrics.RECONCILES.labels("timer")._value.get() - timer_before >= n,
-                    timeout=600,
-                    interval=0.2,
-                )
-                idle = server.call(server.server.counters.snapshot)
-                idle_count = int(metrics.RECONCILES.labels("timer")._value.get() - timer_before)
-                rss_total = rss_mib()
-    finally:
-        timings.uninstall()
+def run_one(n: int) -> Result:
+    with ServerThread() as server:
+
+        async def store_jobs() -> None:
+            for i in range(n):
+                await server.server.put_object(t.PLURAL, job_body(i))
+
+        server.call(store_jobs)
+        rss_server = rss_mib()
+        start_counts = server.call(server.server.counters.snapshot)
+        cmd = [sys.executable, __file__, "--operator", server.url, "--resync", str(RESYNC_SECONDS)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            if child.stdout.readline().strip() != "imported":
+                raise RuntimeError("the operator process did not start")
+            started, server_cpu = time.perf_counter(), time.process_time()
+            wait_for(lambda: ready(server, n), timeout=600, interval=0.2)
+            create_seconds = time.perf_counter() - started
+            server_cpu = time.process_time() - server_cpu
+            # Let stragglers (watch events of the last writes) settle before the idle window.
+            wait_for(lambda: _quiet(server), timeout=120, interval=0.2)
+            created = server.call(server.server.counters.snapshot)
+            child.stdin.write(f"{n}\n")
+            child.stdin.flush()
+            report = json.loads(child.stdout.readline())
+            idle = server.call(server.server.counters.snapshot)
+            rss_server_end = rss_mib()
+            child.stdin.write("stop\n")
+            child.stdin.flush()
+            child.wait(60)
+        finally:
+            if child.poll() is None:
+                child.kill()
     req_create, wr_create = delta(created, start_counts)
     req_idle, wr_idle = delta(idle, created)
+    idle_count = report["idle_reconciles"]
     return Result(
         jobs=n,
         create_seconds=create_seconds,
@@ -158,12 +202,16 @@ def run_one(n: int) -> Result:
         idle_reconciles=idle_count,
         requests_per_idle=req_idle / idle_count,
         writes_per_idle=wr_idle / idle_count,
-        p50_create_ms=pct(timings.samples["create"], 0.5),
-        p99_create_ms=pct(timings.samples["create"], 0.99),
-        p50_idle_ms=pct(timings.samples["idle"], 0.5),
-        p99_idle_ms=pct(timings.samples["idle"], 0.99),
+        p50_create_ms=report["create_ms"][0],
+        p99_create_ms=report["create_ms"][1],
+        p50_idle_ms=report["idle_ms"][0],
+        p99_idle_ms=report["idle_ms"][1],
+        operator_cpu_s=report["create_cpu_s"],
+        server_cpu_s=server_cpu,
         rss_server_mib=rss_server,
-        rss_total_mib=rss_total,
+        rss_server_end_mib=rss_server_end,
+        rss_operator_mib=report["rss_mib"],
+        rss_operator_peak_mib=report["peak_mib"],
     )
 
 
@@ -175,19 +223,20 @@ def _quiet(server: ServerThread) -> bool:
 
 
 HEADER = (
-    "| jobs | create wall s | API requests / job created | writes / job created | idle reconciles | "
+    "| jobs | create wall s | create CPU s operator / server | API requests / job created | writes / job created | idle reconciles | "
     "requests / idle reconcile | writes / idle reconcile | p50 / p99 reconcile ms (create) | "
-    "p50 / p99 reconcile ms (idle) | RSS server only MiB | RSS server + operator MiB |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "p50 / p99 reconcile ms (idle) | RSS server MiB (jobs stored / end) | RSS operator MiB | peak RSS operator MiB |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def row(r: Result) -> str:
     return (
-        f"| {r.jobs} | {r.create_seconds:.1f} | {r.requests_per_job:.2f} | {r.writes_per_job:.2f} | "
+        f"| {r.jobs} | {r.create_seconds:.1f} | {r.operator_cpu_s:.1f} / {r.server_cpu_s:.1f} | "
+        f"{r.requests_per_job:.2f} | {r.writes_per_job:.2f} | "
         f"{r.idle_reconciles} | {r.requests_per_idle:.3f} | {r.writes_per_idle:.3f} | "
         f"{r.p50_create_ms:.1f} / {r.p99_create_ms:.1f} | {r.p50_idle_ms:.2f} / {r.p99_idle_ms:.2f} | "
-        f"{r.rss_server_mib:.0f} | {r.rss_total_mib:.0f} |"
+        f"{r.rss_server_mib:.0f} / {r.rss_server_end_mib:.0f} | {r.rss_operator_mib:.0f} | {r.rss_operator_peak_mib:.0f} |"
     )
 
 
@@ -195,7 +244,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 100, 1000])
     parser.add_argument("--markdown", type=Path, help="also write the table into this file's results block")
+    parser.add_argument("--operator", metavar="URL", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--resync", type=float, default=RESYNC_SECONDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.operator:
+        operator_process(args.operator, args.resync)
+        return
     results = []
     print(HEADER)
     for n in args.jobs:
