@@ -21,7 +21,7 @@ import kopf
 
 from mtp_api import types as t
 from mtp_operator import metrics, names
-from mtp_operator.kube import ApiError, Kube, NotFound
+from mtp_operator.kube import ApiClient, ApiError, Kube, NotFound
 from mtp_operator.metrics_store import JobKey
 from mtp_operator.observed import ChildState, PodState, observed_from, summarize_child, summarize_pod
 from mtp_operator.periodic import Periodic, paused_by_peers
@@ -88,9 +88,10 @@ def make_registry(config: OperatorConfig, login_fn: Any = login) -> kopf.Operato
     async def startup(
         memo: Any, settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **kwargs: Any
     ) -> None:
-        runtime = memo.runtime = Runtime(config=config, kopf_settings=settings)
+        runtime = memo.runtime = Runtime(config=config, api=ApiClient(login_fn, logger))
         metrics.serve(config.metrics_port)
-        kube = Kube(settings, logger, runtime.api_slots)
+        assert runtime.api is not None
+        kube = Kube(runtime.api, logger)
         jobs_index = kwargs["idx_jobs"]  # Kopf's indexes are live objects, already there at startup
         context = {**kwargs, "memo": memo, "logger": logger}
 
@@ -146,6 +147,8 @@ def make_registry(config: OperatorConfig, login_fn: Any = login) -> kopf.Operato
         if runtime is not None and runtime.background is not None:
             runtime.background_stop.set()
             await runtime.background
+        if runtime is not None and runtime.api is not None:
+            await runtime.api.close()
 
     def _index_of(kind: str) -> Any:
         def index(meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> dict[JobKey, ChildState] | None:
@@ -172,7 +175,8 @@ def make_registry(config: OperatorConfig, login_fn: Any = login) -> kopf.Operato
 
     async def run(key: JobKey, body: Mapping[str, Any], trigger: str, kwargs: Mapping[str, Any]) -> None:
         runtime: Runtime = kwargs["memo"].runtime
-        kube = Kube(runtime.kopf_settings, kwargs["logger"], runtime.api_slots)
+        assert runtime.api is not None
+        kube = Kube(runtime.api, kwargs["logger"])
         observed = _observed(key, [kwargs[n] for n in child_indexes], kwargs["idx_pods"])
         metrics.RECONCILES.labels(trigger).inc()
         with metrics.RECONCILE_SECONDS.time():

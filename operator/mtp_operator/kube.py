@@ -1,12 +1,11 @@
-"""The few Kubernetes API calls the operator makes, over Kopf's own authenticated client.
+"""The few Kubernetes API calls the operator makes, over one small client of its own.
 
-This is the only module that imports Kopf's private API (``kopf._cogs``; ``tests/test_import_graph.py``
-fails on one anywhere else). Kopf has no public API client: it keeps the credentials its login handler
-returned in a vault, re-authenticates on 401 (service-account tokens are rotated) and shares one
-connection pool between its watches and ``api.request``. Our own aiohttp client would have to redo all
-of that; reusing it (Kopf is pinned exactly in pyproject.toml, so the private API cannot move under us)
-means one login, one pool and the same credentials Kopf's watches use, in-cluster or from a kubeconfig.
-Retries are turned off (``backoffs=()``): a failed call raises, and the level-based reconcile
+Only Kopf's public API is used (``tests/test_import_graph.py`` fails on any ``kopf._`` import): the
+credentials come from the operator's login handler as a public ``kopf.ConnectionInfo`` (in-cluster
+service account or kubeconfig, through Kopf's public login helpers; tests name their API server the
+same way), and ``ConnectionInfo``'s public helpers give the TLS context and the Authorization header.
+On a 401 (a rotated service-account token) the client logs in again once and retries the request.
+Otherwise a failed call raises (``NotFound``, ``Conflict``, ``ApiError``): the level-based reconcile
 retries on the next event or resync tick instead of sleeping inside a handler.
 """
 
@@ -14,18 +13,37 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import aiohttp
 import kopf
-from kopf._cogs.clients import api, errors
 
 from mtp_api import types as t
 
-NotFound = errors.APINotFoundError
-Conflict = errors.APIConflictError
-ApiError = errors.APIError
+
+class ApiError(Exception):
+    """An API call the server refused; ``status`` is the HTTP status (0: no connection was possible)."""
+
+    def __init__(self, status: int, body: Any, url: str = "") -> None:
+        message = body.get("message") if isinstance(body, dict) else body
+        super().__init__(f"{status} {url}: {message}")
+        self.status = status
+        self.body = body
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    pass
+
+
+LoginFn = Callable[..., Any]  # (logger=..., **kwargs) -> kopf.ConnectionInfo | None, or an awaitable of it
 
 _PATHS = {
     "ConfigMap": "api/v1/namespaces/{ns}/configmaps",
@@ -38,8 +56,7 @@ _PATHS = {
     t.KIND: f"apis/{t.API_VERSION}/namespaces/{{ns}}/{t.PLURAL}",
 }
 
-# The most API requests the operator has in flight at once (Kopf's own watches aside). Kopf's client pool
-# has no limit, so a burst of new jobs would otherwise open one connection per concurrent write.
+# The most API requests the operator has in flight at once (Kopf's own watches aside).
 MAX_REQUESTS_IN_FLIGHT = 32
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
@@ -51,29 +68,84 @@ def collection(kind: str, namespace: str) -> str:
     return _PATHS[kind].format(ns=namespace)
 
 
-class Kube:
-    """Apply, create, merge-patch and delete by kind and name."""
+class ApiClient:
+    """One aiohttp session for every API call of the operator (Kopf's own watches aside), at most
+    ``max_in_flight`` requests at once (a burst of new jobs would otherwise open a connection per write)."""
 
     def __init__(
         self,
-        settings: kopf.OperatorSettings,
+        login: LoginFn,
         logger: logging.Logger | logging.LoggerAdapter[Any],
-        slots: asyncio.Semaphore | None = None,
-    ):
-        """``slots``: shared by every Kube of the operator, it caps the requests in flight."""
-        self.settings = settings
+        max_in_flight: int = MAX_REQUESTS_IN_FLIGHT,
+    ) -> None:
+        self._login = login
         self.logger = logger
-        self.slots = slots or asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        self.slots = asyncio.Semaphore(max_in_flight)
+        self._lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        self._server = ""
+
+    async def _connect(self) -> tuple[aiohttp.ClientSession, str]:
+        async with self._lock:
+            if self._session is None:
+                info = self._login(logger=self.logger)
+                if inspect.isawaitable(info):
+                    info = await info
+                if not isinstance(info, kopf.ConnectionInfo):
+                    raise ApiError(0, "no credentials: neither a service account nor a kubeconfig was found")
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+                    headers={"User-Agent": MANAGER, **info.as_http_headers()},
+                )
+                self._server = info.server.rstrip("/")
+            return self._session, self._server
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    async def request(
+        self, method: str, path: str, payload: object | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        async with self.slots:
+            for attempt in (1, 2):
+                session, server = await self._connect()
+                url = f"{server}/{path.lstrip('/')}"
+                data = None if payload is None else json.dumps(payload)
+                hdrs = {"Content-Type": "application/json", **(headers or {})}
+                async with session.request(method.upper(), url, data=data, headers=hdrs) as resp:
+                    text = await resp.text()
+                    status = resp.status
+                if status == 401 and attempt == 1:
+                    await self.close()  # log in again: a service-account token is rotated under us
+                    continue
+                try:
+                    body = json.loads(text) if text else None
+                except json.JSONDecodeError:
+                    body = text
+                if status == 404:
+                    raise NotFound(status, body, url)
+                if status == 409:
+                    raise Conflict(status, body, url)
+                if status >= 400:
+                    raise ApiError(status, body, url)
+                return body
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Kube:
+    """Apply, create, merge-patch and delete by kind and name."""
+
+    def __init__(self, client: ApiClient, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self.client = client
+        self.logger = logger
 
     async def _call(
         self, method: str, url: str, payload: object | None = None, headers: dict[str, str] | None = None
     ) -> Any:
-        async with self.slots:
-            response = await api.request(
-                method, url, payload=payload, headers=headers, settings=self.settings, logger=self.logger, backoffs=()
-            )
-            async with response:
-                return await response.json()
+        return await self.client.request(method, url, payload, headers)
 
     async def get(self, path: str) -> Any:
         return await self._call("get", path)

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtp_operator.kube import MAX_REQUESTS_IN_FLIGHT
+from mtp_operator.kube import ApiClient
 from mtp_operator.metrics_store import JobKey, LatestMetrics
 from mtp_operator.observed import ChildKey
 from mtp_operator.settings import OperatorConfig
@@ -21,10 +21,9 @@ from mtp_operator.speculation import SpeculationRound
 @dataclass
 class Runtime:
     config: OperatorConfig
-    kopf_settings: Any = None  # kopf.OperatorSettings, for the API client's timeouts
     metrics: LatestMetrics = field(default_factory=LatestMetrics)
-    # Caps the operator's API requests in flight (kube.MAX_REQUESTS_IN_FLIGHT), shared by every Kube.
-    api_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT))
+    # The operator's one API client (one session, requests in flight capped), shared by every Kube.
+    api: ApiClient | None = None
     written: dict[JobKey, dict[ChildKey, str]] = field(default_factory=lambda: defaultdict(dict))
     status_written: dict[JobKey, dict[str, Any]] = field(default_factory=dict)
     # Children found to carry every applied field: (resourceVersion, spec hash) checked (apply.py).
