@@ -163,6 +163,16 @@ def _grads(m: ModelConfig, mode: str, accum_scale: float = 1.0) -> dict[str, tor
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def test_a_deeper_moe_after_a_shallower_one_logs_its_aux_loss(dist_env: object) -> None:
+    """Megatron's aux-loss tracker is a module-level vector sized by the first MoE model that logs (3 layers
+    here: 2 + MTP); building a 5-layer model must start a fresh one, or layer 4 indexes past its end (the
+    IndexError a full CI run met when the hybrid-MoE test ran after the others)."""
+    for layers in (2, 4):
+        model = build_model(replace(MOE, num_layers=layers), seed=1).train()
+        mtp_modes.forward(model, _batch(0), "joint", 0.3).loss.backward()
+        assert moe.take_aux_loss(1) is not None
+
+
 def test_aux_loss_is_in_the_gradient_and_stays_out_of_a_standalone_trunk(dist_env: object) -> None:
     """The load-balancing loss reaches the gradients in proportion to its coefficient (Megatron's
     MoEAuxLossAutoScaler, scaled like the main loss), and in standalone mode the MTP layer's router loss

@@ -29,7 +29,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from mtp_trainer import cpu_compat
+from mtp_trainer import cpu_compat, moe
 from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION, ConfigError, ModelConfig
 
 # spec.trainer.strategy.recompute -> TransformerConfig: "full" recomputes each transformer layer (and
@@ -199,6 +199,8 @@ class ModelProvider:
 
     def provide(self) -> GPTModel:
         cpu_compat.apply()
+        if self.model.is_moe():
+            moe.reset_tracker()  # sized per model by Megatron on first use
         cfg = self.transformer_config()
         layer_spec = get_gpt_layer_local_spec(
             num_experts=self.model.num_experts or None,

@@ -37,6 +37,13 @@ def set_aux_loss_scale(scale: float, device: torch.device | str = "cpu") -> None
     MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(scale, dtype=torch.float32, device=device))
 
 
+def reset_tracker() -> None:
+    """Forget Megatron's aux-loss logging tracker: a module-level dict whose per-layer vector is sized by
+    the first MoE model that logged into it, so a later model with more layers (another test, another
+    job in the same process) would index past its end."""
+    moe_utils.get_moe_layer_wise_logging_tracker().clear()
+
+
 def take_aux_loss(micro_batches: int) -> float | None:
     """Mean unscaled load-balancing loss per MoE layer that ran (the loss is positive, so a zero entry
     is a layer that did not: the MTP layer in ``disabled`` mode) and micro-batch since the last call;
