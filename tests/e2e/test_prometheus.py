@@ -64,9 +64,17 @@ def _operator_and_trainer_targets(tmp: Path) -> list[str]:
     job = load_job(EXAMPLE)
     from mtp_api import types as t
 
+    # numSpeculativeTokens: auto's status (what the operator's closed loop writes), for the auto-k panels
+    speculation = t.SpeculationStatus(
+        engine=t.SpeculationEngine.SPECULATIVE,
+        schedule=[t.ScheduleRange(from_batch=1, to_batch=256, k=2)],
+        predicted_gain=1.4,
+        measured_gain=1.25,
+    )
     status = t.MTPTrainingJobStatus(
         state=t.JobState.RUNNING,
         conditions=[t.Condition(type=t.ConditionType.RUNNING, status="True", reason="PodsReady")],
+        speculation=speculation,
     )
     operator_metrics.observe_job(NS, JOB, job, status)
     return [f"127.0.0.1:{_serve(trainer.registry)}", f"127.0.0.1:{_serve(operator_metrics.REGISTRY)}"]
