@@ -21,26 +21,25 @@ if TYPE_CHECKING:
     from mtp_api.types import MTPTrainingJob
 
 
-def draft_lengths(text: str) -> list[int]:
-    """``--k 1,2,3``: draft lengths vLLM accepts (1-16); argparse turns the ValueError into exit 2."""
+def int_list(text: str, *, what: str, low: int, high: int, example: str) -> list[int]:
+    """A comma-separated list of integers in [low, high]; argparse turns the error into exit 2."""
     try:
-        ks = [int(x) for x in text.split(",")]
+        values = [int(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers such as 1,2,3") from None
-    if not all(1 <= k <= 16 for k in ks):
-        raise argparse.ArgumentTypeError(f"{text!r}: each draft length must be between 1 and 16")
-    return ks
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers such as {example}") from None
+    if not values or not all(low <= v <= high for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each {what} must be between {low} and {high}")
+    return values
+
+
+def draft_lengths(text: str) -> list[int]:
+    """``--k 1,2,3``: draft lengths vLLM accepts (1-16)."""
+    return int_list(text, what="draft length", low=1, high=16, example="1,2,3")
 
 
 def batch_sizes(text: str) -> list[int]:
     """``--batch-sizes 1,2,4,8``: requests in flight at which to time a step."""
-    try:
-        sizes = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers such as 1,2,4,8") from None
-    if not sizes or not all(1 <= b <= 4096 for b in sizes):
-        raise argparse.ArgumentTypeError(f"{text!r}: each batch size must be between 1 and 4096")
-    return sizes
+    return int_list(text, what="batch size", low=1, high=4096, example="1,2,4,8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
