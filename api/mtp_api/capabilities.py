@@ -190,15 +190,6 @@ def rlvr_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Finding]]:
         if tr.warmup is not None:
             warnings.append(Finding("spec.trainer.warmup", "only rlvr jobs run a warm-up; it is ignored for sft"))
         return errors, warnings
-    strat = tr.strategy
-    if strat.tensor_parallel_size > 1:
-        errors.append(
-            Finding(
-                "spec.trainer.strategy.tensorParallelSize",
-                f"{strat.tensor_parallel_size}: rlvr in this release syncs full weights from trainer rank 0, so it "
-                "runs tensorParallelSize 1 only; scale the trainer with data parallel (replicas x gpusPerReplica)",
-            )
-        )
     rollout = spec.rollout
     if rollout is not None and rollout.replicas < 1:
         errors.append(Finding("spec.rollout.replicas", "rlvr generates every sample on the rollout; set replicas >= 1"))

@@ -42,7 +42,6 @@ def test_27b_rlvr_maps_layout_mtp_and_speculation() -> None:
     report = v.validate_object(res.manifest)
     assert sorted(e.path for e in report.errors) == [
         "spec.trainer.strategy.pipelineParallelSize",
-        "spec.trainer.strategy.tensorParallelSize",
         "spec.trainer.volumes.checkpoints",
     ]
     unmapped = "\n".join(res.unmapped)
@@ -66,7 +65,6 @@ def test_mode_inside_strategy_config_and_moe() -> None:
     report = v.validate_object(res.manifest)
     assert sorted(e.path for e in report.errors) == [
         "spec.trainer.strategy.tensorParallelSize",  # MoE: experts are not tensor-parallel mapped yet
-        "spec.trainer.strategy.tensorParallelSize",  # rlvr syncs full weights from rank 0
         "spec.trainer.volumes.checkpoints",
     ]
 

@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 # What this release refuses of the shipped examples, and the fields the refusal names.
 REFUSED = {
-    "qwen3.5-27b-rlvr.yaml": {"spec.trainer.strategy.pipelineParallelSize", "spec.trainer.strategy.tensorParallelSize"},
-    "qwen3.5-35b-a3b-rlvr.yaml": {"spec.trainer.strategy.tensorParallelSize"},  # MoE and rlvr both need TP 1
+    "qwen3.5-27b-rlvr.yaml": {"spec.trainer.strategy.pipelineParallelSize"},
+    "qwen3.5-35b-a3b-rlvr.yaml": {"spec.trainer.strategy.tensorParallelSize"},  # MoE needs TP 1
 }
 
 

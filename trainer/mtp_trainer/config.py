@@ -267,11 +267,6 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
     strat = tr.strategy
     mtp_layers = spec.model.mtp_num_layers or 0
     mode = tr.mtp.training_mode
-    if spec.pipeline == t.Pipeline.RLVR and (strat.tensor_parallel_size > 1 or strat.pipeline_parallel_size > 1):
-        raise ConfigError(
-            "spec.trainer.strategy: rlvr in this release syncs full weights from rank 0, so it needs "
-            "tensorParallelSize 1 and pipelineParallelSize 1; scale the trainer with data parallel instead"
-        )
     if mode != t.MTPTrainingMode.DISABLED and mtp_layers < 1:
         raise ConfigError(
             "spec.model.mtpNumLayers must be >= 1 for trainer.mtp.trainingMode "

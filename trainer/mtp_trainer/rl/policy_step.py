@@ -18,6 +18,12 @@ later mini-batches are off-policy by the earlier updates and the clip bounds the
 Data parallel: each rank passes its own share of the sequences; the policy loss is normalised by the
 mini-batch's response-token count summed over ranks, the gradients are averaged with
 ``train_loop.allreduce_grads`` (the SFT loop's), and the statistics are reduced over the group.
+
+Tensor parallel: the ranks of one tensor-parallel group pass the same sequences (they share a
+data-parallel rank). Log-probabilities and entropy come from the vocab-parallel logits without a
+gather; the gradients get the SFT loop's tensor-parallel finish (``allreduce_tensor_parallel_grads``)
+and one clip norm over every shard (``train_loop.clip_grad_norm``), so each TP rank scales its shard
+by the same factor and the update equals the one-process update.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from mtp_trainer.data import causal_batch
 from mtp_trainer.mtp_modes import Batch
 from mtp_trainer.rl import grpo
 from mtp_trainer.rl.grpo import GRPOConfig
-from mtp_trainer.train_loop import allreduce_grads
+from mtp_trainer.train_loop import allreduce_grads, allreduce_tensor_parallel_grads, clip_grad_norm
 
 
 @dataclass(frozen=True)
@@ -360,12 +366,13 @@ def rl_step(
             acc.micro += 1
             acc.mtp.add(out)
         allreduce_grads(model, group)
+        allreduce_tensor_parallel_grads(model)
         step_norms = []
         for params in mtp_modes.clip_groups(model, mode):
             with_grad = [p for p in params if p.grad is not None]
             if with_grad:
                 limit = clip_grad if clip_grad > 0 else float("inf")
-                step_norms.append(float(torch.nn.utils.clip_grad_norm_(with_grad, limit)))
+                step_norms.append(clip_grad_norm(with_grad, limit))
         norms.append(step_norms)
         optimizer.step()
         policy_losses.append(mini_loss)

@@ -1,0 +1,126 @@
+"""The GRPO policy step under tensor parallel 2 (two gloo processes) against the 1-process step, in
+each MTP mode: the same statistics (policy loss, entropy, MTP loss, the clip groups' gradient norms)
+and the same weights after two mini-batch updates, gathered to full tensors.
+
+Why this is the test: an RL step under TP has three places to go wrong that the SFT TP test does not
+reach: log-probabilities and entropy from vocab-parallel logits, the old log-probabilities recomputed
+before the first update (the second mini-batch is then off-policy and the ratio clip acts), and the
+per-shard clipping (each TP rank must scale its shard by the one global norm). SGD makes the update
+linear in the clipped gradient, so a wrong clip scale or a missing tensor-parallel gradient sum shows
+up in the weights. The reference is this process's TP=1 model, which uses torch's own functions.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtp_trainer import mtp_modes
+from mtp_trainer.config import ModelConfig
+from mtp_trainer.model_provider import ModelProvider
+from mtp_trainer.rl.grpo import GRPOConfig
+from mtp_trainer.rl.policy_step import RolloutSequence, rl_step
+from mtp_trainer.sharding import full_state_dict
+
+from ..trainer.conftest import dist_env  # noqa: F401  (the session's process group)
+
+pytestmark = pytest.mark.usefixtures("dist_env")
+
+VOCAB = 256
+MODEL = dict(vocab_size=VOCAB, num_attention_heads=4, num_key_value_heads=2, head_dim=16, mtp_num_layers=1)
+MODES = (mtp_modes.JOINT, mtp_modes.STANDALONE, mtp_modes.DISABLED)
+CLIP = 0.05  # below the measured norms: clipping scales every gradient, so its global norm matters
+LR = 0.5  # SGD: the weights after the step are linear in the clipped gradients
+CFG = GRPOConfig(mini_batches=2, clip_low=0.2, clip_high=0.28, log_entropy=True)
+
+
+def _sequences() -> list[RolloutSequence]:
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, VOCAB, (5,), generator=g).tolist(), torch.randint(0, VOCAB, (7,), generator=g).tolist()]
+    return [
+        RolloutSequence(prompts[k % 2], torch.randint(0, VOCAB, (6 + 3 * (k % 3),), generator=g).tolist())
+        for k in range(4)
+    ]
+
+
+ADV = [1.0, -0.5, -1.0, 0.5]
+
+
+def _step(model: torch.nn.Module, mode: str) -> dict[str, object]:
+    mtp_modes.prepare(model, mode)
+    sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    stats = rl_step(model, sgd, _sequences(), ADV, None, CFG, mode=mode, clip_grad=CLIP)
+    return {"stats": stats, "weights": full_state_dict(model)}
+
+
+_WORKER = """
+import sys, torch
+from mtp_trainer import distributed, mtp_modes
+from mtp_trainer.config import ModelConfig
+from mtp_trainer.model_provider import ModelProvider
+from mtp_trainer.sharding import shard_state_dict
+sys.path.insert(0, sys.argv[3])
+from tests.rl import test_policy_step_tensor_parallel as case
+
+info = distributed.init(2, 1, seed=1234)
+full = torch.load(sys.argv[1])
+out = {}
+for mode in case.MODES:
+    model = ModelProvider(ModelConfig(**case.MODEL), tensor_parallel_size=2).provide()
+    model.load_state_dict(shard_state_dict(model, full), strict=False)
+    out[mode] = case._step(model, mode)
+if info.rank == 0:
+    torch.save(out, sys.argv[2])
+distributed.shutdown()
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, dict]:
+    tmp = tmp_path_factory.mktemp("rl-tp")
+    torch.manual_seed(3)
+    start = full_state_dict(ModelProvider(ModelConfig(**MODEL)).provide())
+    torch.save(start, tmp / "start.pt")
+    one = {}
+    for mode in MODES:
+        model = ModelProvider(ModelConfig(**MODEL)).provide()
+        model.load_state_dict(start, strict=False)
+        one[mode] = _step(model, mode)
+    (tmp / "worker.py").write_text(_WORKER)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        args = [sys.executable, str(tmp / "worker.py"), str(tmp / "start.pt"), str(tmp / "tp2.pt")]
+        args.append(str(Path(__file__).parents[2]))
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-3000:]
+    return one, torch.load(tmp / "tp2.pt"), start
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rl_step_tp2_matches_one_process(runs: tuple[dict, dict, dict], mode: str) -> None:
+    one, two = runs[0][mode], runs[1][mode]
+    s1, s2 = one["stats"], two["stats"]
+    for key in ("policy_loss", "pg_loss", "entropy", "kl_old", "clip_fraction", "ratio_mean", "tokens"):
+        assert s2[key] == pytest.approx(s1[key], rel=1e-5, abs=1e-7), key
+    assert s2["mtp_loss"] == pytest.approx(s1["mtp_loss"], rel=1e-5)
+    assert s2["grad_norm"] == pytest.approx(s1["grad_norm"], rel=1e-5)
+    assert all(n > CLIP for n in s1["grad_norm"])  # the clip acted in every group
+    assert s1["kl_old"] > 0  # the second mini-batch was off-policy: the old log-probs mattered
+    moved = 0
+    for name, w in one["weights"].items():
+        torch.testing.assert_close(two["weights"][name], w, atol=2e-6, rtol=1e-4, msg=name)
+        moved += int(not torch.equal(w, runs[2][name]))
+    assert moved > 0
