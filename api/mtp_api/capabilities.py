@@ -43,18 +43,11 @@ def capability_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Find
 
 def strategy_warnings(job: t.MTPTrainingJob) -> list[Finding]:
     """Strategy switches this release's trainer accepts but does not apply, said out loud.
-    (``recompute`` is applied: Megatron's activation recompute, full or selective.)"""
+    (``recompute`` is applied: Megatron's activation recompute, full or selective; so is
+    ``sequenceParallel``, which the CRD's CEL allows with tensor parallel only, through the trainer's
+    own sequence-parallel norm.)"""
     strat = job.spec.trainer.strategy
     out: list[Finding] = []
-    if strat.sequence_parallel:
-        out.append(
-            Finding(
-                "spec.trainer.strategy.sequenceParallel",
-                "is not applied by this release: the trainer builds Megatron's local (non-Transformer-Engine) "
-                "layers, whose torch RMSNorm refuses sequence parallel; activations stay replicated across the "
-                "tensor-parallel group (more memory, same result)",
-            )
-        )
     if strat.distributed_optimizer:
         out.append(
             Finding(
@@ -108,12 +101,13 @@ def expert_findings(job: t.MTPTrainingJob) -> list[Finding]:
                 "parallel groups and the all-to-all token dispatcher are not wired or tested yet; use 1",
             )
         )
-    if is_moe and strat.tensor_parallel_size > 1:
+    if is_moe and strat.tensor_parallel_size > 1 and not strat.sequence_parallel:
         errors.append(
             Finding(
-                "spec.trainer.strategy.tensorParallelSize",
-                f"{strat.tensor_parallel_size}: this release's trainer builds mixture-of-experts models with "
-                "tensorParallelSize 1 (expert tensor parallel is not mapped yet); scale with data parallel",
+                "spec.trainer.strategy.sequenceParallel",
+                f"a mixture-of-experts model at tensorParallelSize {strat.tensor_parallel_size} needs sequence "
+                "parallel (Megatron's MoE layer refuses to train without it; experts split over the "
+                "tensor-parallel ranks); set it to true",
             )
         )
     if experts and spec.model.family == t.ModelFamily.QWEN3_5:
@@ -157,6 +151,15 @@ def trainer_findings(job: t.MTPTrainingJob) -> list[Finding]:
             )
         )
     tp = tr.strategy.tensor_parallel_size
+    seq = tr.hyperparameters.seq_length
+    if tr.strategy.sequence_parallel and tp > 1 and seq % tp:
+        errors.append(
+            Finding(
+                "spec.trainer.hyperparameters.seqLength",
+                f"{seq} is not divisible by tensorParallelSize {tp}; sequence parallel splits each sequence over "
+                "the tensor-parallel ranks; use a multiple of it",
+            )
+        )
     if tiny is not None and tiny.vocab_size % tp:
         errors.append(
             Finding(

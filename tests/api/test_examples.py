@@ -24,8 +24,6 @@ def test_examples_exist() -> None:
 # exactly these fields, so no pod of theirs ever holds a GPU.
 REFUSED = {
     "qwen3.5-27b-rlvr.yaml": ["spec.trainer.strategy.pipelineParallelSize"],
-    # MoE with tensor parallel (experts are not TP-mapped yet)
-    "qwen3.5-35b-a3b-rlvr.yaml": ["spec.trainer.strategy.tensorParallelSize"],
 }
 
 

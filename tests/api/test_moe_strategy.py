@@ -84,7 +84,11 @@ def test_other_moe_refusals(tiny_sft: dict[str, Any]) -> None:
 
     tp = _replicas(_moe_job(tiny_sft, tensorParallelSize=2), 2)
     tp["spec"]["trainer"]["hyperparameters"]["globalBatchSize"] = 8  # data parallel 1
-    assert _paths(tp) == ["spec.trainer.strategy.tensorParallelSize"]
+    assert _paths(tp) == ["spec.trainer.strategy.sequenceParallel"]  # Megatron's MoE needs SP with TP
+    tp["spec"]["trainer"]["strategy"]["sequenceParallel"] = True
+    assert _paths(tp) == []
+    tp["spec"]["trainer"]["hyperparameters"]["seqLength"] = 127  # SP splits each sequence over 2 ranks
+    assert _paths(tp) == ["spec.trainer.hyperparameters.seqLength"]
 
     gpu_flavour_dense = _moe_job(tiny_sft)
     gpu_flavour_dense["spec"]["model"]["family"] = "qwen3_5"

@@ -1,5 +1,5 @@
-"""The GRPO policy step under tensor parallel 2 (two gloo processes) against the 1-process step, in
-each MTP mode: the same statistics (policy loss, entropy, MTP loss, the clip groups' gradient norms)
+"""The GRPO policy step under tensor parallel 2 (two gloo processes), with and without sequence
+parallel, against the 1-process step, in each MTP mode: the same statistics (policy loss, entropy, MTP loss, the clip groups' gradient norms)
 and the same weights after two mini-batch updates, gathered to full tensors.
 
 Why this is the test: an RL step under TP has three places to go wrong that the SFT TP test does not
@@ -44,7 +44,7 @@ def _sequences() -> list[RolloutSequence]:
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, VOCAB, (5,), generator=g).tolist(), torch.randint(0, VOCAB, (7,), generator=g).tolist()]
     return [
-        RolloutSequence(prompts[k % 2], torch.randint(0, VOCAB, (6 + 3 * (k % 3),), generator=g).tolist())
+        RolloutSequence(prompts[k % 2], torch.randint(0, VOCAB, (7 + 3 * (k % 3),), generator=g).tolist())
         for k in range(4)
     ]
 
@@ -71,10 +71,12 @@ from tests.rl import test_policy_step_tensor_parallel as case
 info = distributed.init(2, 1, seed=1234)
 full = torch.load(sys.argv[1])
 out = {}
-for mode in case.MODES:
-    model = ModelProvider(ModelConfig(**case.MODEL), tensor_parallel_size=2).provide()
-    model.load_state_dict(shard_state_dict(model, full), strict=False)
-    out[mode] = case._step(model, mode)
+for sp in (False, True):
+    for mode in case.MODES:
+        model = ModelProvider(ModelConfig(**case.MODEL), tensor_parallel_size=2, sequence_parallel=sp).provide()
+        assert model.config.sequence_parallel == sp
+        model.load_state_dict(shard_state_dict(model, full), strict=False)
+        out[mode, sp] = case._step(model, mode)
 if info.rank == 0:
     torch.save(out, sys.argv[2])
 distributed.shutdown()
@@ -109,9 +111,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, dict]:
     return one, torch.load(tmp / "tp2.pt"), start
 
 
+@pytest.mark.parametrize("sequence_parallel", [False, True], ids=["tp", "tp-sp"])
 @pytest.mark.parametrize("mode", MODES)
-def test_rl_step_tp2_matches_one_process(runs: tuple[dict, dict, dict], mode: str) -> None:
-    one, two = runs[0][mode], runs[1][mode]
+def test_rl_step_tp2_matches_one_process(runs: tuple[dict, dict, dict], mode: str, sequence_parallel: bool) -> None:
+    """With sequence parallel the batch is right-padded to an even length (the responses have odd
+    and even lengths): the padding must change nothing."""
+    one, two = runs[0][mode], runs[1][mode, sequence_parallel]
     s1, s2 = one["stats"], two["stats"]
     for key in ("policy_loss", "pg_loss", "entropy", "kl_old", "clip_fraction", "ratio_mean", "tokens"):
         assert s2[key] == pytest.approx(s1[key], rel=1e-5, abs=1e-7), key

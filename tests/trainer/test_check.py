@@ -22,7 +22,6 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 # What this release refuses of the shipped examples, and the fields the refusal names.
 REFUSED = {
     "qwen3.5-27b-rlvr.yaml": {"spec.trainer.strategy.pipelineParallelSize"},
-    "qwen3.5-35b-a3b-rlvr.yaml": {"spec.trainer.strategy.tensorParallelSize"},  # MoE needs TP 1
 }
 
 
@@ -80,7 +79,8 @@ def test_7b_plan_defers_the_claim_it_cannot_read(capsys: pytest.CaptureFixture[s
     assert plan["data"]["grad_accum_steps"] == 8  # 64 / (2 micro x 4 DP)
     assert all("mounted volume" in f["where"] for f in plan["data"]["files"])
     said = " ".join(plan["warnings"])  # accepted, not applied: said out loud by name
-    assert "spec.trainer.strategy.sequenceParallel" in said and "spec.trainer.strategy.distributedOptimizer" in said
+    assert "spec.trainer.strategy.distributedOptimizer" in said
+    assert "spec.trainer.strategy.sequenceParallel" not in said  # applied (norms.SequenceParallelRMSNorm)
 
 
 def test_tiny_plan_counts_the_parameters_of_the_model_it_would_build(

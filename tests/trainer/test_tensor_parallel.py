@@ -1,5 +1,6 @@
 """Tensor parallel 2 (two gloo processes) against the 1-process run: the same losses, the same clipped
-gradients and the same gradient norms, in each MTP mode, for the dense layout and the Gated DeltaNet hybrid.
+gradients and the same gradient norms, in each MTP mode, for the dense layout, the Gated DeltaNet hybrid
+and the mixture of experts, with and without sequence parallel (MoE: with it, as Megatron requires).
 
 The reference is this process's TP=1 model with torch's own ``clip_grad_norm_``; the two TP ranks load
 shards of the same weights (``sharding.shard_state_dict``), run the trainer's own step pieces (the
@@ -48,7 +49,16 @@ HYBRID = replace(
     linear_key_head_dim=16,
     linear_value_head_dim=16,
 )
-MODELS = {"dense": DENSE, "hybrid": HYBRID}
+MOE = replace(DENSE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
+# name -> (model, sequence parallel at TP 2). The 1-process reference is the same for both settings.
+MODELS = {
+    "dense": (DENSE, False),
+    "hybrid": (HYBRID, False),
+    "dense-sp": (DENSE, True),
+    "hybrid-sp": (HYBRID, True),
+    # Experts split over the TP ranks (expert tensor parallel = TP); Megatron's MoE needs SP with TP.
+    "moe-sp": (MOE, True),
+}
 MAX_NORM = 0.05  # below every measured norm (the smallest, standalone MTP, is ~0.3), so clipping scales every gradient
 MODES = (mtp_modes.JOINT, mtp_modes.STANDALONE, mtp_modes.DISABLED)
 
@@ -97,11 +107,12 @@ def _worker(rank: int, port: int, tmp: str, name: str) -> None:
     ps.initialize_model_parallel(2, 1)
     cpu_compat.apply()
     cpu_compat.seed_model_parallel_rng(1234)
-    m = MODELS[name]
+    m, sequence_parallel = MODELS[name]
     full = gdn_tensor_parallel_layout(torch.load(Path(tmp) / "weights.pt"), m, 2, to_ranks=True)
     results = {}
     for mode in MODES:
-        model = ModelProvider(m, tensor_parallel_size=2).provide()
+        model = ModelProvider(m, tensor_parallel_size=2, sequence_parallel=sequence_parallel).provide()
+        assert model.config.sequence_parallel == sequence_parallel
         model.load_state_dict(shard_state_dict(model, full), strict=False)
         results[mode] = _step(model, mode, clip_grad_norm, m)
     if rank == 0:
@@ -119,7 +130,7 @@ def _port() -> int:
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def runs(request: pytest.FixtureRequest, dist_env: object, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     name = request.param
-    m = MODELS[name]
+    m = MODELS[name][0]
     tmp = tmp_path_factory.mktemp(f"tp-{name}")
     ref_model = build_model(m, seed=21)
     torch.save(full_state_dict(ref_model), tmp / "weights.pt")

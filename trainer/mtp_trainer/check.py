@@ -46,7 +46,13 @@ def check_model(m: ModelConfig, cfg: TrainerConfig, spec_mtp_layers: int | None)
             "disabled or a checkpoint with mtp.* weights"
         )
     families.get(m.family).check(m)
-    ModelProvider(m, cfg.parallel.tensor_parallel_size, expert_parallel_size=cfg.parallel.expert_parallel_size).check()
+    par = cfg.parallel
+    ModelProvider(
+        m,
+        par.tensor_parallel_size,
+        expert_parallel_size=par.expert_parallel_size,
+        sequence_parallel=par.sequence_parallel,
+    ).check()
     return m
 
 

@@ -153,6 +153,7 @@ class ParallelConfig:
     pipeline_parallel_size: int = 1
     recompute: str = t.Recompute.NONE.value
     expert_parallel_size: int = 1
+    sequence_parallel: bool = False  # applied with tensor_parallel_size > 1 only
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
             strat.pipeline_parallel_size,
             str(strat.recompute),
             strat.expert_parallel_size,
+            strat.sequence_parallel and strat.tensor_parallel_size > 1,
         ),
         schedule=ScheduleConfig(save_steps=hp.save_steps, eval_steps=hp.eval_steps),
         metrics=MetricsConfig(port=tr.metrics_port, job=job.metadata.name, namespace=job.metadata.namespace or ""),

@@ -161,7 +161,12 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     par = cfg.parallel
     provider = family.provider(
-        cfg.model, par.tensor_parallel_size, cfg.mtp.loss_scaling_factor, par.recompute, par.expert_parallel_size
+        cfg.model,
+        par.tensor_parallel_size,
+        cfg.mtp.loss_scaling_factor,
+        par.recompute,
+        par.expert_parallel_size,
+        par.sequence_parallel,
     )
     model = provider.provide()
     if cfg.source.kind == "path" and resume_from is None:

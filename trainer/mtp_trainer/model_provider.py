@@ -31,6 +31,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from mtp_trainer import cpu_compat, moe
 from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION, ConfigError, ModelConfig
+from mtp_trainer.norms import with_sequence_parallel_norms
 
 # spec.trainer.strategy.recompute -> TransformerConfig: "full" recomputes each transformer layer (and
 # the MTP layer) in backward, "selective" only the core attention (Megatron's default module list).
@@ -50,6 +51,9 @@ class ModelProvider:
     mtp_loss_scaling_factor: float = 0.3
     recompute: str = "none"  # spec.trainer.strategy.recompute: none | selective | full
     expert_parallel_size: int = 1
+    # spec.trainer.strategy.sequenceParallel, applied with tensorParallelSize > 1 (Megatron refuses it
+    # without TP); the norms are norms.SequenceParallelRMSNorm, whose weights the TP finish sums.
+    sequence_parallel: bool = False
 
     def transformer_config(self) -> TransformerConfig:
         m = self.model
@@ -74,6 +78,7 @@ class ModelProvider:
             "attention_dropout": 0.0,
             "init_method_std": m.init_std,
             "tensor_model_parallel_size": self.tensor_parallel_size,
+            "sequence_parallel": self.sequence_parallel and self.tensor_parallel_size > 1,
             "params_dtype": dtype,
             "bf16": dtype == torch.bfloat16,
             "fp16": dtype == torch.float16,
@@ -168,22 +173,26 @@ class ModelProvider:
                     f"spec.trainer.strategy.expertParallelSize {self.expert_parallel_size} must divide the "
                     f"{m.num_experts} experts; lower expertParallelSize"
                 )
-            if tp > 1:
+            if tp > 1 and not self.sequence_parallel:
                 raise ConfigError(
-                    f"spec.trainer.strategy.tensorParallelSize {tp}: this trainer builds mixture-of-experts models "
-                    "with tensorParallelSize 1 only (expert tensor parallel is not mapped yet); use data parallel"
+                    f"spec.trainer.strategy.sequenceParallel: a mixture-of-experts model at tensorParallelSize {tp} "
+                    "needs sequence parallel (Megatron's MoE layer refuses to train without it); set it to true"
                 )
         rot = int(m.head_dim * m.rotary_percent)
         if rot % 2:
             raise ConfigError(f"head dim {m.head_dim} x rotary 0.25 = {rot} must be even; use a head dim multiple of 8")
 
     def decoder_spec(self, layer_spec: ModuleSpec) -> ModuleSpec | TransformerBlockSubmodules:
-        """All full attention: the local layer spec. Hybrid: one spec per layer, the linear ones with
-        Megatron's ``GatedDeltaNet`` (local, non-TE submodules; the input norm stays a separate
-        module, as in the full-attention layers and in Hugging Face's layout)."""
+        """One spec per layer and the final norm, spelled out (so that ``norms`` can swap every norm;
+        Megatron would add its own final norm to a bare layer spec). All full attention: the local
+        layer spec per layer. Hybrid: the linear ones with Megatron's ``GatedDeltaNet`` (local, non-TE
+        submodules; the input norm stays a separate module, as in the full-attention layers and in
+        Hugging Face's layout)."""
         m = self.model
         if not m.is_hybrid():
-            return layer_spec
+            return TransformerBlockSubmodules(
+                layer_specs=[layer_spec] * m.num_layers, layer_norm=layer_spec.submodules.input_layernorm
+            )
         from megatron.core.ssm.gated_delta_net import GatedDeltaNet, GatedDeltaNetSubmodules
         from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
@@ -212,7 +221,7 @@ class ModelProvider:
         mtp_spec = get_gpt_mtp_block_spec(cfg, layer_spec, use_transformer_engine=False) if cfg.mtp_num_layers else None
         model = GPTModel(
             config=cfg,
-            transformer_layer_spec=self.decoder_spec(layer_spec),
+            transformer_layer_spec=with_sequence_parallel_norms(self.decoder_spec(layer_spec)),
             vocab_size=self.model.vocab_size,
             max_sequence_length=self.model.max_position_embeddings,
             pre_process=True,
@@ -222,7 +231,7 @@ class ModelProvider:
             position_embedding_type="rope",
             rotary_percent=self.model.rotary_percent,
             rotary_base=int(self.model.rotary_base),
-            mtp_block_spec=mtp_spec,
+            mtp_block_spec=with_sequence_parallel_norms(mtp_spec),
         )
         if not cpu_compat.on_cpu():
             model = model.cuda()

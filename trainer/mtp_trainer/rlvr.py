@@ -407,7 +407,7 @@ class RLVRRun:
             return None
         cur = policy_step.sequence_logprobs(self.model, sequences, self.pad_id, self.cfg.data.micro_batch_size)
         ref = policy_step.sequence_logprobs(self.reference, sequences, self.pad_id, self.cfg.data.micro_batch_size)
-        mask = policy_step.build_batch(sequences, self.pad_id).loss_mask
+        mask = policy_step.build_batch(sequences, self.pad_id, policy_step.sequence_multiple(self.model)).loss_mask
         sums = torch.tensor([float((grpo.k3_kl(cur, ref) * mask).sum()), float(mask.sum())], dtype=torch.float64)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums, group=ps.get_data_parallel_group())

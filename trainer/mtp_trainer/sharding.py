@@ -4,6 +4,8 @@ Export and import work on the full tensors so that the family mappings never thi
 Megatron tags every TP-split parameter with ``tensor_model_parallel=True`` and ``partition_dim``;
 the shards are contiguous blocks along that dim, except SwiGLU's ``linear_fc1`` whose shard on
 each rank is ``[gate_r; up_r]`` (so the full tensor is ``[gate_0..gate_n; up_0..up_n]``).
+Experts are split over the expert-tensor-parallel group, which is the TP group when expert
+parallel is 1 (the only expert layout this trainer builds with TP > 1).
 With TP=1 both functions are the identity on the state dict.
 """
 
@@ -16,7 +18,10 @@ from torch import nn
 
 
 def _is_fc1(name: str) -> bool:
-    return name.endswith("mlp.linear_fc1.weight")
+    """Every SwiGLU input projection: the dense MLP's, each routed expert's and the shared expert's
+    (``...mlp.linear_fc1``, ``...mlp.experts.local_experts.<i>.linear_fc1``,
+    ``...mlp.shared_experts.linear_fc1``); every MLP of these families is gated."""
+    return name.endswith("linear_fc1.weight")
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

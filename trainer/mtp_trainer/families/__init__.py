@@ -33,9 +33,10 @@ class Family:
         mtp_scale: float = 0.3,
         recompute: str = "none",
         expert_parallel_size: int = 1,
+        sequence_parallel: bool = False,
     ) -> ModelProvider:
         # Every family shares the Qwen3.5/Qwen3-Next Megatron layout (dense or MoE, optionally hybrid).
-        return ModelProvider(model, tensor_parallel_size, mtp_scale, recompute, expert_parallel_size)
+        return ModelProvider(model, tensor_parallel_size, mtp_scale, recompute, expert_parallel_size, sequence_parallel)
 
 
 REGISTRY: dict[str, Family] = {

@@ -60,17 +60,20 @@ PerToken = Tensor | Sequence[Sequence[float]]
 # ------------------------------------------------------------------------------------- batches
 
 
-def build_batch(sequences: Sequence[RolloutSequence], pad_id: int = 0) -> Batch:
+def build_batch(sequences: Sequence[RolloutSequence], pad_id: int = 0, multiple_of: int = 1) -> Batch:
     """Prompt + response, right-padded to the longest sequence, as a ``data.causal_batch``:
     ``labels[i]`` is token ``i+1`` and ``loss_mask[i]`` is 1 exactly where token ``i+1`` is a
     response token (the prompt and the padding never count). Shape ``[b, L - 1]`` with ``L`` the
-    longest ``len(prompt) + len(response)``."""
+    longest ``len(prompt) + len(response)``, and ``L - 1`` rounded up to ``multiple_of`` (sequence
+    parallel splits the sequence over the tensor-parallel ranks; causal attention makes the extra
+    right padding invisible to every counted position)."""
     if not sequences:
         raise ValueError("no rollout sequences")
     for k, seq in enumerate(sequences):
         if len(seq.prompt) < 1:
             raise ValueError(f"sequence {k}: the prompt is empty (the first response token needs a position)")
     width = max(max(len(s.prompt) + len(s.response) for s in sequences), 2)
+    width = 1 + -(-(width - 1) // max(multiple_of, 1)) * max(multiple_of, 1)
     tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     target = torch.zeros((len(sequences), width - 1))
     for k, seq in enumerate(sequences):
@@ -118,6 +121,14 @@ def token_logprobs(model: Any, logits: Tensor, labels: Tensor) -> Tensor:
     """``log p(labels)`` ``[b, s]`` from vocab-parallel logits ``[s, b, v/tp]`` with gradient: minus
     Megatron's vocab-parallel cross-entropy (TP-aware, float32). It rewrites float32 logits in place."""
     return -model.compute_language_model_loss(labels, logits)
+
+
+def sequence_multiple(model: Any) -> int:
+    """What the batch's sequence length must be a multiple of: the TP size under sequence parallel."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "sequence_parallel", False):
+        return int(cfg.tensor_model_parallel_size)
+    return 1
 
 
 def _tp_group() -> Any:
@@ -169,7 +180,7 @@ def sequence_logprobs(
     """Per-token ``log p(token i+1 | tokens <= i)`` ``[b, L - 1]`` (float32, on CPU) under ``model``,
     laid out like :func:`build_batch`; meaningful where its ``loss_mask`` is 1 (and on the prompt),
     not on the padding. For the old-policy and reference log-probs."""
-    batch = build_batch(sequences, pad_id)
+    batch = build_batch(sequences, pad_id, sequence_multiple(model))
     return _logprobs_in_chunks(model, batch, [torch.arange(len(sequences))], micro_batch_size)
 
 
@@ -308,7 +319,7 @@ def rl_step(
     group, dp_size = _dp(dp_group)
     device = _device(model)
     model.train()
-    batch = build_batch(sequences, pad_id)
+    batch = build_batch(sequences, pad_id, sequence_multiple(model))
     width = batch.labels.shape[1]
     adv = advantages if isinstance(advantages, Tensor) else torch.tensor([float(a) for a in advantages])
     adv = adv.float().cpu()
