@@ -42,8 +42,11 @@ HYBRID = ModelConfig(
     linear_key_head_dim=16,
     linear_value_head_dim=16,
 )
-# float32 logits; the two pure-torch chunked delta rules differ only in summation order.
-LOGIT_ATOL = 2e-5
+# float32 logits; the two pure-torch chunked delta rules differ only in summation order, and that
+# rounding depends on the CPU's kernels: max |diff| 1.7e-6 on one machine, 3.3e-5 (19 of 38400
+# logits above 2e-5) on a 2-core AMD EPYC. A mapping error (a swapped gate, a missing w - 1, a
+# wrong head order) moves logits by 1e-2 or more.
+LOGIT_ATOL = 1e-4
 
 
 def _perturbed(m: ModelConfig, seed: int) -> torch.nn.Module:
