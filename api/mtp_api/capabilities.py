@@ -45,16 +45,16 @@ def strategy_warnings(job: t.MTPTrainingJob) -> list[Finding]:
     """Strategy switches this release's trainer accepts but does not apply, said out loud.
     (``recompute`` is applied: Megatron's activation recompute, full or selective; so is
     ``sequenceParallel``, which the CRD's CEL allows with tensor parallel only, through the trainer's
-    own sequence-parallel norm.)"""
+    own sequence-parallel norm; and ``distributedOptimizer``, the AdamW state sharded over the
+    data-parallel ranks, ``mtp_trainer.optimizer``.)"""
     strat = job.spec.trainer.strategy
     out: list[Finding] = []
-    if strat.distributed_optimizer:
+    if strat.distributed_optimizer and job.spec.trainer.data_parallel_size() <= 1:
         out.append(
             Finding(
                 "spec.trainer.strategy.distributedOptimizer",
-                "is not applied by this release: the trainer's plain PyTorch loop keeps the full AdamW state on "
-                "every data-parallel rank (Megatron's distributed optimizer needs its CUDA DDP buffers); "
-                "budget optimizer memory per rank accordingly",
+                "has no effect with one data-parallel rank (it shards the AdamW state over the data-parallel "
+                "ranks); it is ignored",
             )
         )
     return out

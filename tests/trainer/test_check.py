@@ -78,9 +78,10 @@ def test_7b_plan_defers_the_claim_it_cannot_read(capsys: pytest.CaptureFixture[s
     assert "checked at start-up" in plan["model"]["config"]
     assert plan["data"]["grad_accum_steps"] == 8  # 64 / (2 micro x 4 DP)
     assert all("mounted volume" in f["where"] for f in plan["data"]["files"])
-    said = " ".join(plan["warnings"])  # accepted, not applied: said out loud by name
-    assert "spec.trainer.strategy.distributedOptimizer" in said
-    assert "spec.trainer.strategy.sequenceParallel" not in said  # applied (norms.SequenceParallelRMSNorm)
+    said = " ".join(plan["warnings"])
+    # Both applied (norms.SequenceParallelRMSNorm; optimizer.py shards AdamW over the 4 DP ranks).
+    assert "spec.trainer.strategy.distributedOptimizer" not in said
+    assert "spec.trainer.strategy.sequenceParallel" not in said
 
 
 def test_tiny_plan_counts_the_parameters_of_the_model_it_would_build(

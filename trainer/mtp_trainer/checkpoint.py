@@ -1,7 +1,8 @@
 """Resumable checkpoints: ``DIR/checkpoints/step_N`` written atomically.
 
 A checkpoint directory holds, per tensor-parallel rank, ``model_tp{r}.pt`` (Megatron state dict of
-that shard) and ``optim_tp{r}.pt`` (AdamW state + LR-schedule step), plus ``meta.json`` (step,
+that shard) and ``optim_tp{r}.pt`` (AdamW state + LR-schedule step; with the distributed optimizer,
+one ``optim_tp{r}_dp{d}of{D}.pt`` per data-parallel rank, ``optimizer.py``), plus ``meta.json`` (step,
 config, RNG states) and the tokenizer files. The data order is a pure function of the step
 (``data.BatchSchedule``), so model + optimizer + RNG + step is everything a bit-for-bit resume
 needs.
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from torch import nn
 
+from mtp_trainer import optimizer as optim
 from mtp_trainer.config import TrainerConfig
 
 
@@ -79,9 +81,10 @@ def save(
     dp_rank = ps.get_data_parallel_rank()
     is_main = not dist.is_initialized() or dist.get_rank() == 0
     with atomic_dir(final, is_writer=is_main) as tmp:
-        if dp_rank == 0:  # data-parallel replicas hold identical state
+        if dp_rank == 0:  # data-parallel replicas hold identical weights
             torch.save(model.state_dict(), tmp / f"model_tp{tp_rank}.pt")
-            torch.save(optimizer.state_dict(), tmp / f"optim_tp{tp_rank}.pt")
+        if dp_rank == 0 or optim.is_sharded(optimizer):  # a sharded optimizer: every rank its partition
+            torch.save(optim.state_dict(optimizer), optim.state_file(tmp, optimizer, tp_rank))
         if is_main:
             meta = {"step": step, "config": asdict(cfg), **(extra or {})}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -110,7 +113,7 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) 
         )
     model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True), strict=True)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / f"optim_tp{tp_rank}.pt", map_location="cpu", weights_only=False))
+        optim.load_state_dict(optimizer, optim.state_file(path, optimizer, tp_rank))
     rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():

@@ -154,6 +154,7 @@ class ParallelConfig:
     recompute: str = t.Recompute.NONE.value
     expert_parallel_size: int = 1
     sequence_parallel: bool = False  # applied with tensor_parallel_size > 1 only
+    distributed_optimizer: bool = False  # AdamW state sharded over data parallel (optimizer.py)
 
 
 @dataclass(frozen=True)
@@ -345,6 +346,7 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
             str(strat.recompute),
             strat.expert_parallel_size,
             strat.sequence_parallel and strat.tensor_parallel_size > 1,
+            strat.distributed_optimizer,
         ),
         schedule=ScheduleConfig(save_steps=hp.save_steps, eval_steps=hp.eval_steps),
         metrics=MetricsConfig(port=tr.metrics_port, job=job.metadata.name, namespace=job.metadata.namespace or ""),

@@ -25,6 +25,9 @@ from mtp_trainer import checkpoint, moe, mtp_modes
 from mtp_trainer.config import OptimConfig, TrainerConfig
 from mtp_trainer.data import BatchSchedule, PackedRows, eval_batches
 from mtp_trainer.metrics import Metrics, StepRecord
+from mtp_trainer.optimizer import build_optimizer
+
+__all__ = ["Trainer", "allreduce_grads", "build_optimizer", "clip_grad_norm", "lr_at"]
 
 
 def lr_at(step: int, o: OptimConfig) -> float:
@@ -34,17 +37,6 @@ def lr_at(step: int, o: OptimConfig) -> float:
     span = max(o.max_steps - o.warmup_steps, 1)
     progress = min(max(step - o.warmup_steps, 0) / span, 1.0)
     return o.min_learning_rate + 0.5 * (o.learning_rate - o.min_learning_rate) * (1 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, trunk and MTP as separate groups (same hyperparameters)."""
-    groups = [
-        {"params": [p for _, p in mtp_modes.trunk_parameters(model) if p.requires_grad], "name": "trunk"},
-        {"params": [p for _, p in mtp_modes.mtp_parameters(model) if p.requires_grad], "name": "mtp"},
-    ]
-    groups = [g for g in groups if g["params"]]
-    o = cfg.optim
-    return torch.optim.AdamW(groups, lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay, eps=1e-8)
 
 
 def allreduce_grads(model: nn.Module, group: Any = None) -> None:
