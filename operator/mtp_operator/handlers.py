@@ -132,7 +132,9 @@ def make_registry(config: OperatorConfig, login_fn: Any = login) -> kopf.Operato
             jobs=jobs_index,
             pods=kwargs["idx_pods"],
             typed_job=runtime.job,
-            make_scraper=lambda key: JobScraper(key, config, runtime.metrics, metrics.ACCEPTANCE),
+            make_scraper=lambda key: JobScraper(
+                key, config, runtime.metrics, metrics.ACCEPTANCE, fetch=runtime.scrape_fetch
+            ),
             resync=resync,
             paused=None if config.standalone else paused,
             after_scrape=speculate,
@@ -149,6 +151,8 @@ def make_registry(config: OperatorConfig, login_fn: Any = login) -> kopf.Operato
             await runtime.background
         if runtime is not None and runtime.api is not None:
             await runtime.api.close()
+        if runtime is not None:
+            await runtime.scrape_fetch.close()
 
     def _index_of(kind: str) -> Any:
         def index(meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> dict[JobKey, ChildState] | None:

@@ -9,6 +9,10 @@ references, whether or not the operator runs.
 - Every ``scrape_seconds`` it runs ``scraping.JobScraper.round`` for every job (at most
   ``SCRAPE_CONCURRENCY`` jobs at a time), then ``after_scrape`` for the job (the decision point of
   ``numSpeculativeTokens: auto``, ``speculation.py``); a job that is gone has its scraper closed.
+  Each job starts at its own fixed offset within the first ``SCRAPE_SPREAD`` of the interval (a hash
+  of its key: the jitter), so a thousand jobs do not hit their pods and the parser in one burst, and
+  each job is still scraped once per interval. The pods' HTTP goes through one shared session
+  (``Runtime.scrape_fetch``) and the bodies are parsed off the event loop (``Collector.scrape``).
 - Every ``resync_seconds`` it runs the reconcile of every job (deadlines, the stall watchdog, stuck pods,
   ``ttlSecondsAfterFinished``: the rules that depend on time rather than on an event).
 - With peering, a replica that Kopf would pause (a live peer of higher priority, or another of equal
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -34,6 +39,15 @@ from mtp_operator.scraping import JobScraper
 log = logging.getLogger(__name__)
 
 SCRAPE_CONCURRENCY = 32
+SCRAPE_SPREAD = 0.5  # jobs' start offsets fill this fraction of the scrape interval
+
+
+def jitter(key: JobKey, span: float) -> float:
+    """A job's fixed start offset in ``[0, span)``: stable across rounds and restarts (a hash of the
+    key, not ``hash()``, which Python salts per process), spread evenly over the jobs."""
+    digest = hashlib.blake2b(f"{key[0]}/{key[1]}".encode(), digest_size=8).digest()
+    return span * int.from_bytes(digest, "big") / 2**64
+
 
 Resync = Callable[[JobKey], Awaitable[None]]
 Paused = Callable[[], Awaitable[bool]]
@@ -101,7 +115,11 @@ class Periodic:
             self.scrapers.pop(gone).close()
         limit = asyncio.Semaphore(SCRAPE_CONCURRENCY)
 
+        spread = self.scrape_seconds * SCRAPE_SPREAD if len(keys) > 1 else 0.0
+
         async def one(key: JobKey) -> None:
+            if spread > 0:
+                await asyncio.sleep(jitter(key, spread))
             job = self._typed_job(key)
             if job is None:
                 return
@@ -126,8 +144,10 @@ class Periodic:
         try:
             while not stop.is_set():
                 await self.tick()
+                # Until the next round is due (a long round does not push every later one back).
+                due = min(self._next_scrape if self.scrape_seconds > 0 else self._next_resync, self._next_resync)
                 try:
-                    await asyncio.wait_for(stop.wait(), self.interval)
+                    await asyncio.wait_for(stop.wait(), max(due - self._clock(), 0.05))
                 except TimeoutError:
                     pass
         finally:

@@ -16,6 +16,9 @@ from mtp_operator.metrics_store import JobKey, LatestMetrics
 from mtp_operator.observed import ChildKey
 from mtp_operator.settings import OperatorConfig
 from mtp_operator.speculation import SpeculationRound
+from mtp_rollout.interface import SessionFetch
+
+SCRAPE_CONNECTIONS = 64  # open /metrics connections at most, over every job's pods
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Runtime:
     background_stop: asyncio.Event = field(default_factory=asyncio.Event)
     # numSpeculativeTokens: auto, the newest speculation status per job between status writes (speculation.py).
     speculation: SpeculationRound | None = None
+    # The one HTTP session every scrape of every pod goes through (connections capped; periodic.py).
+    scrape_fetch: SessionFetch = field(default_factory=lambda: SessionFetch(connections=SCRAPE_CONNECTIONS))
 
     def job(self, key: JobKey) -> Any:
         """The typed job last reconciled for ``key`` (None before its first reconcile or if invalid)."""

@@ -26,7 +26,7 @@ Two things cross the boundary, and nothing else:
 from __future__ import annotations
 
 from mtp_api.acceptance import WindowFigures
-from mtp_rollout.metrics.collector import Collector, ScrapeReport, Target, fetch_text
+from mtp_rollout.metrics.collector import Collector, ScrapeReport, SessionFetch, Target, fetch_text
 from mtp_rollout.metrics.exporter import AcceptanceExporter
 from mtp_rollout.metrics.status import StatusWritePolicy, rollout_status
 from mtp_rollout.runtime.launcher import ServerPlan, server_plan
@@ -55,6 +55,7 @@ __all__ = [
     "Schedule",
     "ScrapeReport",
     "ServerPlan",
+    "SessionFetch",
     "StatusWritePolicy",
     "Target",
     "WindowFigures",

@@ -142,3 +142,15 @@ def test_the_loop_resyncs_jobs_without_any_event(job: dict[str, Any], monkeypatc
 
 def _status(backend: Backend) -> dict[str, Any]:
     return dict((backend.get(t.PLURAL, "demo") or {}).get("status") or {})
+
+
+def test_jitter_is_stable_in_range_and_spread() -> None:
+    from mtp_operator.periodic import jitter
+
+    keys = [(f"team-{i % 10}", f"job-{i:04d}") for i in range(1000)]
+    offsets = [jitter(k, 7.5) for k in keys]
+    assert offsets == [jitter(k, 7.5) for k in keys]  # the same every round
+    assert all(0 <= x < 7.5 for x in offsets)
+    # Spread over the span: every tenth of it holds 100 +- 40 of the 1000 jobs.
+    counts = [sum(1 for x in offsets if b * 0.75 <= x < (b + 1) * 0.75) for b in range(10)]
+    assert all(60 <= c <= 140 for c in counts), counts

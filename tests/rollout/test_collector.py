@@ -228,3 +228,52 @@ def test_mean_running_requests_per_pod_over_the_window():
             assert c.mean_running("ns", "tiny") is None
 
     asyncio.run(main())
+
+
+def test_session_fetch_reuses_one_connection_and_keeps_the_contract():
+    """One shared session: many GETs of a pod over one kept-alive connection (a session per GET opens
+    one each); the same errors as ``fetch_text`` for a failing pod."""
+    from mtp_rollout.metrics.collector import ScrapeError, SessionFetch
+
+    async def main() -> None:
+        peers: set[tuple[str, int]] = set()
+
+        class Counting(FakePod):
+            async def handle(self, request):  # type: ignore[no-untyped-def]
+                peers.add(request.transport.get_extra_info("peername"))
+                return await super().handle(request)
+
+        async with serve_pods({"p0": Counting(ZERO), "bad": FakePod([FAIL])}) as urls:
+            fetch = SessionFetch(connections=4)
+            bodies = [await fetch(urls["p0"], 2.0) for _ in range(5)]
+            assert bodies[0] == ZERO[0] and bodies[-1] == ZERO[-1]
+            assert len(peers) == 1  # five scrapes, one client connection
+            with pytest.raises(ScrapeError, match="HTTP 503"):
+                await fetch(urls["bad"], 2.0)
+            await fetch.close()
+            assert await fetch(urls["p0"], 2.0)  # usable again after close: a new session
+
+    asyncio.run(main())
+
+
+def test_bodies_are_parsed_off_the_event_loop(monkeypatch):
+    import threading
+
+    from mtp_rollout.metrics import collector as collector_mod
+
+    seen: list[str] = []
+    real = collector_mod.parse
+
+    def recording(text):  # type: ignore[no-untyped-def]
+        seen.append(threading.current_thread().name)
+        return real(text)
+
+    monkeypatch.setattr(collector_mod, "parse", recording)
+
+    async def main() -> None:
+        async with serve_pods({"p0": FakePod(ZERO)}) as urls:
+            c = Collector(window_s=100, timeout_s=1)
+            await c.scrape([Target("ns", "tiny", "p0", urls["p0"])])
+
+    asyncio.run(main())
+    assert seen and threading.main_thread().name not in seen

@@ -83,16 +83,45 @@ class ScrapeError(Exception):
     """A pod answered, but not with usable exposition text."""
 
 
-async def fetch_text(url: str, timeout_s: float) -> str:
-    """GET ``url`` within ``timeout_s`` seconds (connect and body), refusing bodies over 8 MiB."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+async def _read(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
         if resp.status != 200:
             raise ScrapeError(f"HTTP {resp.status}")
         body = await resp.content.read(MAX_BODY_BYTES + 1)
         if len(body) > MAX_BODY_BYTES:
             raise ScrapeError(f"body larger than {MAX_BODY_BYTES} bytes")
         return body.decode("utf-8", errors="replace")
+
+
+async def fetch_text(url: str, timeout_s: float) -> str:
+    """GET ``url`` within ``timeout_s`` seconds (connect and body), refusing bodies over 8 MiB. A session
+    of its own per call: for one-off scrapes (a local run); a loop over many pods uses :class:`SessionFetch`."""
+    async with aiohttp.ClientSession() as session:
+        return await _read(session, url, timeout_s)
+
+
+class SessionFetch:
+    """``fetch_text`` over one shared HTTP session with at most ``connections`` open at once.
+
+    Why: the operator scrapes every rollout pod of every job each round; a session per GET builds and
+    tears down a connector (and its DNS cache and TLS context) a thousand times a round, and nothing
+    bounds how many sockets a round opens. The session is made on first use, inside the running event
+    loop, and :meth:`close` ends it (the operator's cleanup)."""
+
+    def __init__(self, connections: int = 64) -> None:
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, url: str, timeout_s: float) -> str:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.connections, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return await _read(self._session, url, timeout_s)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 class Collector:
@@ -162,6 +191,12 @@ class Collector:
             self._windows.setdefault(target.job_key, IncrementWindow(self.window_s, self.draft_cost_ratio))
         bodies = await asyncio.gather(*(self._scrape_one(t) for t in wanted))
         now = self._clock()
+        # Parsing a vLLM body (hundreds of lines) per pod is CPU work: off the event loop, so that an
+        # operator scraping many jobs keeps answering watch events and API calls meanwhile. Only this
+        # collector's own state is touched, and a collector runs one scrape at a time.
+        return await asyncio.to_thread(self._fold_all, wanted, bodies, now)
+
+    def _fold_all(self, wanted: list[Target], bodies: list[str | Exception], now: float) -> ScrapeReport:
         report = ScrapeReport()
         for target, body in zip(wanted, bodies, strict=True):
             if self._fold(target, body, now):
