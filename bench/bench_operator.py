@@ -10,11 +10,17 @@ real operator (Kopf, standalone) in a child process of its own, as in a cluster,
 - the CPU time each process used until every job was Created (the operator's includes its start-up;
   the server's, in this process, includes polling for readiness);
 - the operator process's RSS at the end and its peak (VmHWM), and the server process's RSS with the
-  N jobs stored (before the operator started) and at the end (with every child, and its event log).
+  N jobs stored (before the operator started) and at the end (with every child, and its event log);
+- a scrape phase: one Ready rollout pod per job, each at its own loopback IP, serving recorded vLLM
+  ``/metrics`` bodies whose counters advance every answer (``recorded_vllm_pods.py``); the operator
+  scrapes them every ``SCRAPE_SECONDS``. Measured: the wall time of a full round (every pod scraped
+  once more), the operator's CPU per pod scrape, API writes per job over the phase (pods turning
+  Ready, acceptance into status at most once per ``status_min_interval_seconds``) and the RSS after.
 
 The child (``--operator URL``) is driven over stdin/stdout: it prints ``imported`` before starting the
 operator (the create clock starts there), reads N on stdin to start the idle phase, prints the idle
-count, its latency samples' percentiles and its RSS as one JSON line, and stops at the next line.
+count, its latency samples' percentiles and its RSS as one JSON line; ``scrape`` starts the scrape
+phase's CPU clock, ``report`` prints its CPU and RSS, and the next line stops it.
 
 Run:  python bench/bench_operator.py --jobs 1 100 1000 [--markdown docs/bench-operator.md]
 """
@@ -38,7 +44,7 @@ import yaml
 
 import mtp_operator.handlers as handlers_mod
 from mtp_api import types as t
-from mtp_operator import metrics
+from mtp_operator import metrics, names
 from mtp_operator.settings import OperatorConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +53,12 @@ sys.path.insert(0, str(REPO))  # the test API server lives in tests/apiserver, w
 from tests.apiserver.apiserver import ApiCounters  # noqa: E402
 from tests.apiserver.harness import OperatorThread, ServerThread, wait_for  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from recorded_vllm_pods import RecordedPods, pod_ip  # noqa: E402
+
 RESYNC_SECONDS = 5.0
+SCRAPE_SECONDS = 10.0
+SCRAPE_ROUNDS = 3  # full rounds measured after every pod's first scrape
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -58,11 +69,34 @@ def rss_mib(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def job_body(i: int) -> dict[str, Any]:
+def job_body(i: int, rollout_port: int) -> dict[str, Any]:
     body = copy.deepcopy(yaml.safe_load((REPO / "examples" / "tiny-sft.yaml").read_text()))
     body["metadata"] = {"name": f"job-{i:04d}", "namespace": f"team-{i % 10}"}
     body["spec"]["trainer"]["volumes"] = {"checkpoints": {"claimName": "ckpt", "mountPath": "/ckpt"}}
+    body["spec"]["rollout"]["port"] = rollout_port  # the recorded pods' server
     return body
+
+
+def rollout_pod(deployment: dict[str, Any], i: int) -> dict[str, Any]:
+    """A Ready pod of ``deployment`` (its template's labels) at loopback IP ``pod_ip(i)``, as a kubelet
+    would report it."""
+    meta = deployment["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{meta['name']}-0",
+            "namespace": meta["namespace"],
+            "labels": dict(deployment["spec"]["template"]["metadata"]["labels"]),
+        },
+        "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
+        "status": {
+            "phase": "Running",
+            "podIP": pod_ip(i),
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "vllm", "ready": True, "restartCount": 0}],
+        },
+    }
 
 
 class Timings:
@@ -113,6 +147,10 @@ class Result:
     rss_server_end_mib: float
     rss_operator_mib: float
     rss_operator_peak_mib: float
+    scrape_round_s: float
+    scrape_cpu_ms_per_pod: float
+    scrape_writes_per_job: float
+    rss_operator_scrape_mib: float
 
 
 def ready(server: ServerThread, n: int) -> bool:
@@ -135,7 +173,9 @@ def operator_process(url: str, resync: float) -> None:
     """``--operator URL``: the operator alone in this process, phases driven by the parent (module doc)."""
     timings = Timings()
     timings.install()
-    config = OperatorConfig(standalone=True, metrics_port=0, health_port=0, resync_seconds=resync)
+    config = OperatorConfig(
+        standalone=True, metrics_port=0, health_port=0, resync_seconds=resync, scrape_seconds=SCRAPE_SECONDS
+    )
     print("imported", flush=True)
     with OperatorThread(url, config):
         n = int(sys.stdin.readline())
@@ -153,15 +193,42 @@ def operator_process(url: str, resync: float) -> None:
             "peak_mib": rss_mib("VmHWM"),
         }
         print(json.dumps(report), flush=True)
+        sys.stdin.readline()  # "scrape"
+        scrape_cpu = time.process_time()
+        print("ok", flush=True)
+        sys.stdin.readline()  # "report"
+        scrape = {"cpu_s": time.process_time() - scrape_cpu, "rss_mib": rss_mib(), "peak_mib": rss_mib("VmHWM")}
+        print(json.dumps(scrape), flush=True)
         sys.stdin.readline()
 
 
+def scrape_phase(server: ServerThread, pods: RecordedPods, n: int) -> tuple[float, int]:
+    """Create one Ready rollout pod per job; wait until every pod answered ``1 + SCRAPE_ROUNDS`` scrapes.
+    Returns the mean wall time of a full round and the pod scrapes served in the phase."""
+
+    async def create() -> None:
+        deployments = sorted(
+            (o for k, o in server.server.objects.items() if k[2] == "deployments"),
+            key=lambda d: (d["metadata"]["namespace"], d["metadata"]["name"]),
+        )
+        for i, deployment in enumerate(deployments):
+            pods.models[pod_ip(i)] = deployment["metadata"]["labels"][names.LABEL_JOB]  # served model = job name
+            await server.server.put_object("pods", rollout_pod(deployment, i))
+
+    server.call(create)
+    ips = [pod_ip(i) for i in range(n)]
+    wait_for(lambda: min(pods.hits[ip] for ip in ips) >= 1, timeout=600, interval=0.1)
+    first = time.perf_counter()
+    wait_for(lambda: min(pods.hits[ip] for ip in ips) >= 1 + SCRAPE_ROUNDS, timeout=1200, interval=0.1)
+    return (time.perf_counter() - first) / SCRAPE_ROUNDS, sum(pods.hits[ip] for ip in ips)
+
+
 def run_one(n: int) -> Result:
-    with ServerThread() as server:
+    with ServerThread() as server, RecordedPods() as pods:
 
         async def store_jobs() -> None:
             for i in range(n):
-                await server.server.put_object(t.PLURAL, job_body(i))
+                await server.server.put_object(t.PLURAL, job_body(i, pods.port))
 
         server.call(store_jobs)
         rss_server = rss_mib()
@@ -185,6 +252,15 @@ def run_one(n: int) -> Result:
             report = json.loads(child.stdout.readline())
             idle = server.call(server.server.counters.snapshot)
             rss_server_end = rss_mib()
+            child.stdin.write("scrape\n")
+            child.stdin.flush()
+            if child.stdout.readline().strip() != "ok":
+                raise RuntimeError("the operator process did not start the scrape phase")
+            round_s, scrapes = scrape_phase(server, pods, n)
+            scraped = server.call(server.server.counters.snapshot)
+            child.stdin.write("report\n")
+            child.stdin.flush()
+            scrape = json.loads(child.stdout.readline())
             child.stdin.write("stop\n")
             child.stdin.flush()
             child.wait(60)
@@ -193,6 +269,7 @@ def run_one(n: int) -> Result:
                 child.kill()
     req_create, wr_create = delta(created, start_counts)
     req_idle, wr_idle = delta(idle, created)
+    _, wr_scrape = delta(scraped, idle)
     idle_count = report["idle_reconciles"]
     return Result(
         jobs=n,
@@ -212,6 +289,10 @@ def run_one(n: int) -> Result:
         rss_server_end_mib=rss_server_end,
         rss_operator_mib=report["rss_mib"],
         rss_operator_peak_mib=report["peak_mib"],
+        scrape_round_s=round_s,
+        scrape_cpu_ms_per_pod=1000 * scrape["cpu_s"] / max(scrapes, 1),
+        scrape_writes_per_job=wr_scrape / n,
+        rss_operator_scrape_mib=scrape["rss_mib"],
     )
 
 
@@ -225,8 +306,9 @@ def _quiet(server: ServerThread) -> bool:
 HEADER = (
     "| jobs | create wall s | create CPU s operator / server | API requests / job created | writes / job created | idle reconciles | "
     "requests / idle reconcile | writes / idle reconcile | p50 / p99 reconcile ms (create) | "
-    "p50 / p99 reconcile ms (idle) | RSS server MiB (jobs stored / end) | RSS operator MiB | peak RSS operator MiB |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "p50 / p99 reconcile ms (idle) | RSS server MiB (jobs stored / end) | RSS operator MiB | peak RSS operator MiB | "
+    "scrape round s | operator CPU ms / pod scrape | writes / job (scrape phase) | RSS operator MiB after scrapes |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -236,7 +318,9 @@ def row(r: Result) -> str:
         f"{r.requests_per_job:.2f} | {r.writes_per_job:.2f} | "
         f"{r.idle_reconciles} | {r.requests_per_idle:.3f} | {r.writes_per_idle:.3f} | "
         f"{r.p50_create_ms:.1f} / {r.p99_create_ms:.1f} | {r.p50_idle_ms:.2f} / {r.p99_idle_ms:.2f} | "
-        f"{r.rss_server_mib:.0f} / {r.rss_server_end_mib:.0f} | {r.rss_operator_mib:.0f} | {r.rss_operator_peak_mib:.0f} |"
+        f"{r.rss_server_mib:.0f} / {r.rss_server_end_mib:.0f} | {r.rss_operator_mib:.0f} | {r.rss_operator_peak_mib:.0f} | "
+        f"{r.scrape_round_s:.1f} | {r.scrape_cpu_ms_per_pod:.2f} | {r.scrape_writes_per_job:.2f} | "
+        f"{r.rss_operator_scrape_mib:.0f} |"
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 Labels = tuple[tuple[str, str], ...]
@@ -72,13 +73,26 @@ def _parse_value(text: str) -> float | None:
         return None
 
 
-def parse(text: str) -> ParseResult:
-    """Every well-formed sample in ``text``; every other non-comment line is reported in ``errors``."""
+_NAME_END = re.compile(r"[{ \t]")
+
+
+def parse(text: str, only: Container[str] | None = None) -> ParseResult:
+    """Every well-formed sample in ``text``; every other non-comment line is reported in ``errors``.
+
+    ``only``: the metric names wanted. A line whose leading name is not among them is skipped before
+    any regular expression runs, and is neither a sample nor an error: a vLLM body has hundreds of
+    lines and a scraper reads a handful of families (measured on a recorded 630-line body: 10.5 ms
+    to parse all of it, the bulk of an operator's CPU per pod scrape). Lines of the wanted names
+    are parsed, and reported when malformed, exactly as without the filter."""
     result = ParseResult()
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        if only is not None:
+            end = _NAME_END.search(line)
+            if (line[: end.start()] if end else line) not in only:
+                continue
         m = _SAMPLE.match(line)
         labels = _parse_labels(m.group("labels") or "") if m else None
         value = _parse_value(m.group("value")) if m else None

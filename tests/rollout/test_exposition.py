@@ -62,3 +62,24 @@ def test_special_values_and_escapes():
 def test_label_value_with_brace_and_comma():
     (s,) = parse('m{a="}{,",b="2"} 4').samples
     assert s.labels == (("a", "}{,"), ("b", "2")) and s.value == 4
+
+
+@pytest.mark.parametrize("name", ["vllm_k2_random_a", "vllm_k3_zero_b", "vllm_k2_idle"])
+def test_parse_only_wanted_names_gives_the_same_samples(name: str) -> None:
+    """The scraper's filter: exactly the full parse's samples of those names, nothing else."""
+    from mtp_api import contracts
+    from tests.rollout.conftest import fixture_text
+
+    text = fixture_text(name)
+    wanted = frozenset((contracts.VLLM_ACCEPTED, contracts.VLLM_RUNNING))
+    full = parse(text)
+    few = parse(text, only=wanted)
+    assert few.samples == [s for s in full.samples if s.name in wanted]
+    assert few.samples and few.errors == []
+
+
+def test_parse_only_still_reports_malformed_lines_of_wanted_names() -> None:
+    text = 'vllm:x{a="1"} 1\nvllm:x{a= 2\n<html>junk\nvllm:y 3\nvllm:x 4 5 6\n'
+    res = parse(text, only={"vllm:x"})
+    assert [s.value for s in res.samples] == [1.0]
+    assert [e.split(":")[0] for e in res.errors] == ["line 2", "line 5"]  # line 3 and vllm:y: not wanted

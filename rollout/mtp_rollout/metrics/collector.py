@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 JobKey = tuple[str, str]  # (namespace, job)
 Fetch = Callable[[str, float], Awaitable[str]]
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# The vLLM families a scrape reads (the acceptance counters, the running-requests gauge): the parser
+# skips every other line of the body unparsed.
+COLLECTED_NAMES = frozenset((*contracts.VLLM_COUNTERS, contracts.VLLM_RUNNING))
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ class Collector:
         if isinstance(body, Exception):
             log.warning("scrape of rollout pod %s failed: %s", target, str(body) or type(body).__name__)
             return False
-        parsed = parse(body)
+        parsed = parse(body, only=COLLECTED_NAMES)
         if parsed.errors:
             log.warning(
                 "scrape of rollout pod %s: %d malformed line(s) skipped, first: %s",
