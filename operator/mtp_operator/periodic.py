@@ -100,15 +100,21 @@ class Periodic:
             return
         keys = list(self._jobs.keys())
         if scrape:
-            self._next_scrape = now + self.scrape_seconds
             await self._scrape(keys)
+            # Once per interval from the round's start; a round that overran (a slow API server, a
+            # thousand jobs on two cores) leaves at least the jitter's spread before the next one,
+            # so rounds never run back to back.
+            gap = self.scrape_seconds * SCRAPE_SPREAD
+            self._next_scrape = max(now + self.scrape_seconds, self._clock() + gap)
         if resync:
-            self._next_resync = now + self.resync_seconds
             for key in keys:
                 try:
                     await self._resync(key)
                 except Exception as exc:  # noqa: BLE001 - the next round, or an event, tries again
                     log.warning("resync of %s/%s failed: %s", *key, str(exc) or type(exc).__name__)
+            # Level-based: the next resync a full interval after this one ended (during a burst of
+            # creates a resync of every job takes longer than the interval).
+            self._next_resync = self._clock() + self.resync_seconds
 
     async def _scrape(self, keys: list[JobKey]) -> None:
         for gone in set(self.scrapers) - set(keys):
@@ -118,6 +124,8 @@ class Periodic:
         spread = self.scrape_seconds * SCRAPE_SPREAD if len(keys) > 1 else 0.0
 
         async def one(key: JobKey) -> None:
+            if self._typed_job(key) is None:  # not reconciled yet (or invalid): nothing to scrape
+                return
             if spread > 0:
                 await asyncio.sleep(jitter(key, spread))
             job = self._typed_job(key)

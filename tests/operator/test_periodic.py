@@ -77,7 +77,7 @@ def test_a_failing_resync_does_not_stop_the_others() -> None:
         typed_job=lambda key: None,
         make_scraper=lambda key: None,  # type: ignore[arg-type,return-value]
         resync=resync,
-        clock=iter([0.0, 1.0]).__next__,
+        clock=iter([0.0, 1.0, 1.0]).__next__,  # start, the tick, the end of the resync round
     )
     asyncio.run(loop.tick())
     assert done == [("ns", "good")]
@@ -154,3 +154,28 @@ def test_jitter_is_stable_in_range_and_spread() -> None:
     # Spread over the span: every tenth of it holds 100 +- 40 of the 1000 jobs.
     counts = [sum(1 for x in offsets if b * 0.75 <= x < (b + 1) * 0.75) for b in range(10)]
     assert all(60 <= c <= 140 for c in counts), counts
+
+
+def test_a_round_that_overran_is_not_followed_by_another_at_once() -> None:
+    """A resync of every job that takes longer than the interval (a burst of creates) is followed by a
+    full interval, not by another resync straight away; an overrunning scrape round by the spread."""
+    clock = [0.0]
+
+    async def resync(key: tuple[str, str]) -> None:
+        clock[0] += 4.0  # each job's reconcile waits 4 s for the API: 8 s for both, past the 5 s interval
+
+    loop = Periodic(
+        scrape_seconds=10,
+        resync_seconds=5,
+        jobs={("ns", "a"): [{}], ("ns", "b"): [{}]},
+        pods={},
+        typed_job=lambda key: None,
+        make_scraper=lambda key: None,  # type: ignore[arg-type,return-value]
+        resync=resync,
+        clock=lambda: clock[0],
+    )
+    clock[0] = 10.0
+    asyncio.run(loop.tick())  # scrape (no typed jobs: instant) and resync, 10 -> 18
+    assert clock[0] == 18.0
+    assert loop._next_resync == 23.0  # the end + 5, not the start + 5 (15: already past)
+    assert loop._next_scrape == 20.0  # start + 10: the scrape round itself did not overrun
