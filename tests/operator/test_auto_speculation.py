@@ -294,7 +294,7 @@ def test_a_failing_speculation_round_does_not_stop_the_others() -> None:
         make_scraper=lambda key: Quiet(),  # type: ignore[arg-type,return-value]
         resync=speculate,
         after_scrape=speculate,
-        clock=iter([0.0, 1.0]).__next__,
+        clock=iter([0.0, 1.0, 1.0]).__next__,  # start, the tick, the end of the scrape round
     )
     asyncio.run(loop.tick())
     assert done == [("ns", "good")]
