@@ -3,10 +3,6 @@ per-token log-probs against a plain GPTModel forward, response-only masks, and o
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +22,7 @@ from mtp_trainer.rl.policy_step import (
     vocab_parallel_entropy,
 )
 from mtp_trainer.train_loop import build_optimizer
+from tests.gloo_ranks import run_ranks
 
 from ..trainer.conftest import build_model, dist_env  # noqa: F401  (the session's process group)
 
@@ -287,22 +284,7 @@ def test_data_parallel_matches_one_rank(tmp_path) -> None:
     torch.save([(list(s.prompt), list(s.response)) for s in seqs], tmp_path / "seqs.pt")
     torch.save(adv, tmp_path / "adv.pt")
     (tmp_path / "worker.py").write_text(_DP_WORKER)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        args = [
-            sys.executable,
-            str(tmp_path / "worker.py"),
-            *(str(tmp_path / f) for f in ("seqs.pt", "adv.pt", "out.pt")),
-        ]
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        out, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, out[-3000:]
+    run_ranks(tmp_path / "worker.py", [str(tmp_path / f) for f in ("seqs.pt", "adv.pt", "out.pt")])
     got = torch.load(tmp_path / "out.pt")
     for n, g in expected.items():
         torch.testing.assert_close(got["grads"][n], g, rtol=1e-4, atol=1e-7, msg=n)

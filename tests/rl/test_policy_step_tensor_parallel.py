@@ -12,10 +12,6 @@ up in the weights. The reference is this process's TP=1 model, which uses torch'
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +23,7 @@ from mtp_trainer.model_provider import ModelProvider
 from mtp_trainer.rl.grpo import GRPOConfig
 from mtp_trainer.rl.policy_step import RolloutSequence, rl_step
 from mtp_trainer.sharding import full_state_dict
+from tests.gloo_ranks import run_ranks
 
 from ..trainer.conftest import dist_env  # noqa: F401  (the session's process group)
 
@@ -95,19 +92,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, dict]:
         model.load_state_dict(start, strict=False)
         one[mode] = _step(model, mode)
     (tmp / "worker.py").write_text(_WORKER)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        args = [sys.executable, str(tmp / "worker.py"), str(tmp / "start.pt"), str(tmp / "tp2.pt")]
-        args.append(str(Path(__file__).parents[2]))
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        out, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, out[-3000:]
+    run_ranks(tmp / "worker.py", [str(tmp / "start.pt"), str(tmp / "tp2.pt"), str(Path(__file__).parents[2])])
     return one, torch.load(tmp / "tp2.pt"), start
 
 

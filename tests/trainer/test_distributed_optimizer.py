@@ -8,14 +8,12 @@ so the only difference is the optimizer's layout.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.gloo_ranks import run_ranks
 
 _WORKER = """
 import sys
@@ -94,18 +92,7 @@ distributed.shutdown()
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("dist-opt")
     (tmp / "worker.py").write_text(_WORKER)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        args = [sys.executable, str(tmp / "worker.py"), str(tmp)]
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        out, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, out[-3000:]
+    run_ranks(tmp / "worker.py", [str(tmp)])
     return torch.load(tmp / "results.pt")
 
 
