@@ -59,7 +59,7 @@ def test_the_tiny_rlvr_example_is_valid() -> None:
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
-        (lambda s: s["trainer"].update(strategy={"tensorParallelSize": 2}, replicas=2), "spec.trainer.strategy"),
+        (lambda s: s["trainer"].update(strategy={"pipelineParallelSize": 2}, replicas=2), "spec.trainer.strategy"),
         (
             lambda s: (s["trainer"]["volumes"].pop("checkpoints"), s["model"].update(source={"path": "/models/x"})),
             "spec.trainer.volumes.checkpoints",
@@ -70,7 +70,7 @@ def test_the_tiny_rlvr_example_is_valid() -> None:
         (lambda s: s["rollout"]["generation"].update(maxTokens=128), "spec.rollout.generation.maxTokens"),
         (lambda s: s["rollout"].update(replicas=0), "spec.rollout.replicas"),
     ],
-    ids=["tp2", "no-checkpoints", "csv", "pydoc", "mini-batches", "max-tokens", "no-replicas"],
+    ids=["pp2", "no-checkpoints", "csv", "pydoc", "mini-batches", "max-tokens", "no-replicas"],
 )
 def test_what_rlvr_cannot_run_is_refused_with_the_field_named(edit: Any, field: str) -> None:
     obj = _tiny_rlvr()
@@ -86,12 +86,23 @@ def test_greedy_rlvr_is_warned_about() -> None:
     assert [w for w in _warnings(obj) if w.startswith("spec.rollout.generation.temperature")]
 
 
-def test_rlvr_with_tensor_parallel_is_refused_by_the_trainer_too() -> None:
+def test_rlvr_with_tensor_parallel_is_accepted_and_planned() -> None:
+    """rlvr trains under tensor parallel (tests/rl/test_policy_step_tensor_parallel.py): validation and
+    the trainer's config accept it, with the data-parallel size the GRPO batch splits over."""
     obj = _tiny_rlvr()
-    obj["spec"]["trainer"]["strategy"] = {"tensorParallelSize": 2}
+    obj["spec"]["trainer"].update(strategy={"tensorParallelSize": 2, "sequenceParallel": True}, replicas=2)
+    assert _errors(obj) == []
+    cfg = from_job(t.MTPTrainingJob.model_validate(obj), base_dir=EXAMPLES, world_size=2)
+    assert (cfg.parallel.tensor_parallel_size, cfg.parallel.sequence_parallel) == (2, True)
+    assert cfg.rl is not None
+
+
+def test_rlvr_with_pipeline_parallel_is_refused_by_the_trainer_too() -> None:
+    obj = _tiny_rlvr()
+    obj["spec"]["trainer"]["strategy"] = {"pipelineParallelSize": 2}
     obj["spec"]["trainer"]["gpusPerReplica"] = 2
     job = t.MTPTrainingJob.model_validate(obj)
-    with pytest.raises(ConfigError, match=r"spec.trainer.strategy: rlvr .*tensorParallelSize 1"):
+    with pytest.raises(ConfigError, match=r"spec.trainer.strategy.pipelineParallelSize > 1"):
         from_job(job, base_dir=EXAMPLES, world_size=2)
 
 

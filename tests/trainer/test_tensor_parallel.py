@@ -51,10 +51,12 @@ HYBRID = replace(
 )
 MOE = replace(DENSE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
 # name -> (model, sequence parallel at TP 2). The 1-process reference is the same for both settings.
+# Three spawns, not five (each is ~35 s of the suite): the dense layout without SP, the hybrid with
+# SP (the Gated DeltaNet's TP split and SP's reduce-scatter, the norms' summed gradients) and the MoE
+# with SP. Measured once with all five (dense and hybrid each with and without SP): all passed, the
+# same max |grad diff| with and without SP (5.8e-10 dense, 1.05e-9 hybrid).
 MODELS = {
     "dense": (DENSE, False),
-    "hybrid": (HYBRID, False),
-    "dense-sp": (DENSE, True),
     "hybrid-sp": (HYBRID, True),
     # Experts split over the TP ranks (expert tensor parallel = TP); Megatron's MoE needs SP with TP.
     "moe-sp": (MOE, True),
