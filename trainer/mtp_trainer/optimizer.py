@@ -1,9 +1,8 @@
 """The optimizer: AdamW, and with ``strategy.distributedOptimizer`` its state sharded over the
 data-parallel ranks.
 
-Why sharded: AdamW keeps two float32 moments per parameter, twice the weights' own memory in
-bfloat16 terms four times over; every data-parallel rank holding all of it is what Megatron's
-distributed optimizer removes. Megatron's implementation needs its CUDA DDP buffers, which this
+Why sharded: AdamW keeps two float32 moments per parameter, four times the memory of bfloat16
+weights; every data-parallel rank holding all of it is what Megatron's distributed optimizer removes. Megatron's implementation needs its CUDA DDP buffers, which this
 trainer's plain loop (cpu_compat, workaround 6) does not build, so the sharding is PyTorch's
 ``ZeroRedundancyOptimizer`` (ZeRO stage 1): each data-parallel rank owns a partition of the
 parameters, keeps AdamW state for those alone and steps them, then every rank broadcasts the
