@@ -19,14 +19,6 @@ def capability_findings(job: t.MTPTrainingJob) -> tuple[list[Finding], list[Find
     """(errors, warnings): the layouts and families this release trains, then the rlvr needs."""
     errors: list[Finding] = []
     spec = job.spec
-    if spec.trainer.strategy.pipeline_parallel_size > 1:
-        errors.append(
-            Finding(
-                "spec.trainer.strategy.pipelineParallelSize",
-                f"{spec.trainer.strategy.pipeline_parallel_size}: this release trains pipelineParallelSize 1 only "
-                "(the MTP block on the last pipeline stage is not built yet); use 1 and more data or tensor parallel",
-            )
-        )
     if spec.model.family not in t.TRAINER_FAMILIES:
         errors.append(
             Finding(
@@ -61,8 +53,8 @@ def strategy_warnings(job: t.MTPTrainingJob) -> list[Finding]:
 
 
 def expert_findings(job: t.MTPTrainingJob) -> list[Finding]:
-    """Mixture of experts: what the trainer builds (experts on every rank, tensor parallel 1) and the
-    expert-parallel arithmetic. A MoE job is a ``qwen3_5_moe`` family or a tiny model with ``numExperts``."""
+    """Mixture of experts: the expert-parallel arithmetic, and the expert-parallel layouts the trainer
+    does not build. A MoE job is a ``qwen3_5_moe`` family or a tiny model with ``numExperts``."""
     errors: list[Finding] = []
     spec = job.spec
     strat = spec.trainer.strategy
@@ -93,12 +85,22 @@ def expert_findings(job: t.MTPTrainingJob) -> list[Finding]:
                 "(tensorParallelSize x pipelineParallelSize)); experts are split within data-parallel ranks",
             )
         )
-    elif ep > 1:
+    elif ep > 1 and strat.tensor_parallel_size > 1:
         errors.append(
             Finding(
                 "spec.trainer.strategy.expertParallelSize",
-                f"{ep}: this release's trainer keeps every expert on every rank (expertParallelSize 1); expert-"
-                "parallel groups and the all-to-all token dispatcher are not wired or tested yet; use 1",
+                f"{ep} with tensorParallelSize {strat.tensor_parallel_size}: this release's trainer splits experts "
+                "over expert-parallel ranks at tensorParallelSize 1 only (expert tensor parallel groups are not "
+                "wired); use expertParallelSize 1 (experts split over the TP ranks) or tensorParallelSize 1",
+            )
+        )
+    elif ep > 1 and strat.distributed_optimizer:
+        errors.append(
+            Finding(
+                "spec.trainer.strategy.distributedOptimizer",
+                f"with expertParallelSize {ep}: the sharded optimizer partitions weights every data-parallel rank "
+                "holds alike, and expert-parallel ranks hold different experts; set distributedOptimizer: false "
+                "or expertParallelSize: 1",
             )
         )
     if is_moe and strat.tensor_parallel_size > 1 and not strat.sequence_parallel:

@@ -309,7 +309,7 @@ def convert(roll: dict[str, Any], *, base_dir: Path | None = None) -> ImportResu
     spec: dict[str, Any] = {
         "pipeline": pipeline,
         "model": _model(r, w, base_dir or Path.cwd(), notes),
-        "trainer": _trainer(r, w, notes),
+        "trainer": _trainer(r, w, notes, pipeline),
     }
     if "actor_infer" in cfg:
         devices = _devices(r, f"{w}.device_mapping")
@@ -371,7 +371,7 @@ def _devices(r: _Reader, key: str) -> list[int]:
     return parse_device_mapping(value, key) if value is not None else []
 
 
-def _trainer(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
+def _trainer(r: _Reader, w: str, notes: list[str], pipeline: str) -> dict[str, Any]:
     sc = f"{w}.strategy_args.strategy_config"
     gpn = r.integer("num_gpus_per_node", 8, minimum=1, zero_means_default=True)
     n_gpus = len(_devices(r, f"{w}.device_mapping")) or gpn
@@ -379,11 +379,27 @@ def _trainer(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
     per_replica = min(n_gpus, gpn)
     tp = r.integer(f"{sc}.tensor_model_parallel_size", 1, minimum=1)
     pp = r.integer(f"{sc}.pipeline_model_parallel_size", 1, minimum=1)
-    for key in ("context_parallel_size", "expert_model_parallel_size", "virtual_pipeline_model_parallel_size"):
-        v = r.get(f"{sc}.{key}")
-        if v not in (None, 1):
-            notes.append(f"{sc}.{key}={_shown(v)}: not supported by the trainer yet; dropped")
+    cp = r.integer(f"{sc}.context_parallel_size", 1, minimum=1)
+    if cp > 1:
+        notes.append(
+            f"{sc}.context_parallel_size={cp}: not supported by the trainer yet; dropped (each sequence stays on "
+            "one rank; the global batch is ROLL's, whose data-parallel size counts CP)"
+        )
+    vpp = r.get(f"{sc}.virtual_pipeline_model_parallel_size")
+    if vpp not in (None, 1):
+        notes.append(
+            f"{sc}.virtual_pipeline_model_parallel_size={_shown(vpp)}: the trainer runs one chunk per pipeline "
+            "stage (GPipe); dropped"
+        )
     strategy: dict[str, Any] = {"tensorParallelSize": tp, "pipelineParallelSize": pp}
+    ep = r.integer(f"{sc}.expert_model_parallel_size", 1, minimum=1)
+    if ep > 1 and tp > 1:
+        notes.append(
+            f"{sc}.expert_model_parallel_size={ep}: the trainer splits experts over expert-parallel ranks at "
+            f"tensor_model_parallel_size 1 only, and over the {tp} TP ranks here; dropped"
+        )
+    elif ep > 1:
+        strategy["expertParallelSize"] = ep
     if r.get(f"{sc}.sequence_parallel") is not None:
         strategy["sequenceParallel"] = bool(r.get(f"{sc}.sequence_parallel")) and tp > 1
     gran = r.get(f"{sc}.recompute_granularity")
@@ -391,14 +407,23 @@ def _trainer(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
         strategy["recompute"] = gran if gran in ("full", "selective") else "none"
     if r.get(f"{sc}.use_distributed_optimizer") is not None:
         strategy["distributedOptimizer"] = bool(r.get(f"{sc}.use_distributed_optimizer"))
+        if strategy["distributedOptimizer"] and "expertParallelSize" in strategy:
+            strategy["distributedOptimizer"] = False
+            notes.append(
+                f"{sc}.use_distributed_optimizer=true with expert_model_parallel_size={ep}: the trainer's sharded "
+                "optimizer cannot partition expert-parallel weights; set to false (the AdamW state is replicated)"
+            )
     for flag in ("bf16", "fp16"):
         r.get(f"{sc}.{flag}")
     trainer: dict[str, Any] = {
         "replicas": replicas,
         "gpusPerReplica": per_replica,
         "strategy": strategy,
-        "hyperparameters": _hyperparameters(r, w, max(1, (replicas * per_replica) // (tp * pp)), notes),
-        "data": _data(r, w, notes),
+        # ROLL's data-parallel size is GPUs / (TP x PP x CP) (expert parallel splits within it); ours has no CP.
+        "hyperparameters": _hyperparameters(
+            r, w, max(1, n_gpus // (tp * pp * cp)), max(1, (replicas * per_replica) // (tp * pp)), notes
+        ),
+        "data": _data(r, w, notes, pipeline),
     }
     mtp = _mtp(r, w, notes)
     if mtp:
@@ -426,14 +451,25 @@ def _mtp(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
     return mtp
 
 
-def _hyperparameters(r: _Reader, w: str, dp: int, notes: list[str]) -> dict[str, Any]:
+def _hyperparameters(r: _Reader, w: str, roll_dp: int, dp: int, notes: list[str]) -> dict[str, Any]:
+    """ROLL's global batch (micro x accumulation x ROLL's data-parallel size) is kept; the accumulation
+    steps are recomputed for this job's data-parallel size ``dp`` (which differs with context parallel)."""
     ta = f"{w}.training_args"
     micro = r.integer(f"{ta}.per_device_train_batch_size", 1, minimum=1, zero_means_default=True)
     accum = r.integer(f"{ta}.gradient_accumulation_steps", 1, minimum=1, zero_means_default=True)
+    global_batch = micro * roll_dp * accum
+    if global_batch % (micro * dp) == 0:
+        accum = global_batch // (micro * dp)
+    else:
+        notes.append(
+            f"{ta}: ROLL's global batch {global_batch} (data parallel {roll_dp}) is not a multiple of micro batch "
+            f"{micro} x data parallel {dp} here; the global batch is {micro * dp * accum}"
+        )
+        global_batch = micro * dp * accum
     hp: dict[str, Any] = {
         "microBatchSize": micro,
         "gradientAccumulationSteps": accum,
-        "globalBatchSize": micro * dp * accum,
+        "globalBatchSize": global_batch,
     }
     for src, dst in ((f"{ta}.learning_rate", "learningRate"), (f"{ta}.weight_decay", "weightDecay")):
         value = r.number(src)
@@ -498,7 +534,7 @@ def _sequence_length(r: _Reader) -> int | None:
     return None
 
 
-def _data(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
+def _data(r: _Reader, w: str, notes: list[str], pipeline: str) -> dict[str, Any]:
     files = r.strings(f"{w}.data_args.file_name")
     if not files:
         notes.append(f"{w}.data_args.file_name missing: trainFiles left as a placeholder to edit")
@@ -507,8 +543,16 @@ def _data(r: _Reader, w: str, notes: list[str]) -> dict[str, Any]:
     fmt = "prompt_response" if any(keyed) else "messages"
     if r.get(f"{w}.use_sequence_packing") is False:
         notes.append(f"{w}.use_sequence_packing is false: the trainer always packs sequences")
-    r.get(f"{w}.data_args.messages")
     data: dict[str, Any] = {"trainFiles": files, "format": fmt}
+    messages = r.get(f"{w}.data_args.messages")  # ROLL: the field holding each record's messages
+    if isinstance(messages, str) and messages:
+        if pipeline == "rlvr" and not r.get("prompt_key"):
+            data["promptKey"] = messages  # rlvr prompts: the messages of the prompt
+        elif pipeline == "sft" and fmt == "messages" and messages != "messages":
+            notes.append(
+                f"{w}.data_args.messages={_shown(messages)}: sft records are read from their 'messages' field; "
+                "rename the field in the data files"
+            )
     for src, dst in (("prompt_key", "promptKey"), ("response_key", "responseKey"), ("answer_key", "answerKey")):
         value = r.get(src)
         if isinstance(value, str) and value:
@@ -526,6 +570,12 @@ def _rollout(r: _Reader, train_devices: list[int], notes: list[str]) -> dict[str
     if engine not in (None, "vllm"):
         notes.append(f"actor_infer.strategy_args.strategy_name is {_shown(engine)}: the rollout uses vLLM")
     itp = r.integer(f"{isc}.tensor_parallel_size", 1, minimum=1)
+    gpn = r.integer("num_gpus_per_node", 8, minimum=1, zero_means_default=True)
+    if itp > gpn:
+        raise RollImportError(
+            f"{isc}.tensor_parallel_size {itp} is wider than one node (num_gpus_per_node {gpn}): a rollout replica "
+            f"is one pod on one node here; set tensor_parallel_size to at most {gpn} (more replicas for more GPUs)"
+        )
     per_worker = max(r.integer("actor_infer.num_gpus_per_worker", itp, minimum=1, zero_means_default=True), itp)
     infer_devices = _devices(r, "actor_infer.device_mapping")
     n_infer = len(infer_devices) or per_worker
@@ -561,7 +611,9 @@ def _rollout(r: _Reader, train_devices: list[int], notes: list[str]) -> dict[str
         value = r.number(src)
         if value is not None:
             gen[dst] = value
-    if r.get("prompt_length") is not None:
+    if r.get(f"{isc}.max_model_len") is not None:  # vLLM's own setting wins over prompt + response length
+        gen["maxModelLen"] = r.integer(f"{isc}.max_model_len", 0, minimum=1)
+    elif r.get("prompt_length") is not None:
         gen["maxModelLen"] = r.integer("prompt_length", 0) + r.integer("response_length", 0)
     if gen:
         rollout["generation"] = gen

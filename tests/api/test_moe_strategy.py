@@ -55,7 +55,8 @@ def test_tiny_moe_job_is_valid_and_defaults(tiny_sft: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("strategy", "replicas", "word"),
     [
-        ({"expertParallelSize": 2}, 2, "not wired or tested"),  # divides 4 experts and DP 2: still refused
+        # expert parallel 2 with tensor parallel 2 over 4 ranks: expert tensor parallel groups are not built
+        ({"expertParallelSize": 2, "tensorParallelSize": 2, "sequenceParallel": True}, 4, "tensorParallelSize 2"),
         ({"expertParallelSize": 3}, 3, "does not divide spec.model.source.tiny.moe.numExperts 4"),
         ({"expertParallelSize": 4}, 2, "data-parallel size"),  # CEL's message, before the capability check
     ],
@@ -68,6 +69,15 @@ def test_expert_parallel_refusals_name_the_field(
     assert any(f.path == "spec.trainer.strategy.expertParallelSize" and word in f.message for f in errors), [
         str(f) for f in errors
     ]
+
+
+def test_expert_parallel_is_accepted_and_its_optimizer_limit_named(tiny_sft: dict[str, Any]) -> None:
+    """EP 2 over 2 data-parallel ranks trains (tests/trainer/test_expert_parallel.py); the sharded
+    optimizer, which assumes every data-parallel rank holds the same weights, is refused with it."""
+    obj = _replicas(_moe_job(tiny_sft, expertParallelSize=2), 2)
+    assert _paths(obj) == []
+    obj["spec"]["trainer"]["strategy"]["distributedOptimizer"] = True
+    assert _paths(obj) == ["spec.trainer.strategy.distributedOptimizer"]
 
 
 def test_expert_parallel_over_data_parallel_is_a_cel_rule(tiny_sft: dict[str, Any]) -> None:

@@ -38,12 +38,10 @@ def test_27b_rlvr_maps_layout_mtp_and_speculation() -> None:
     assert (ro["tensorParallelSize"], ro["gpusPerReplica"], ro["replicas"]) == (4, 4, 8)
     assert ro["generation"]["maxTokens"] == 8192  # ${response_length} resolved
     assert spec["reward"] == {"type": "math"}
-    # The API accepts it; this release refuses it up front, naming each limit (mtp_api.capabilities).
+    # The API accepts it; validation refuses what ROLL's config leaves out (mtp_api.capabilities): a
+    # checkpoints volume for the weight sync. Its pipeline parallel 2 trains.
     report = v.validate_object(res.manifest)
-    assert sorted(e.path for e in report.errors) == [
-        "spec.trainer.strategy.pipelineParallelSize",
-        "spec.trainer.volumes.checkpoints",
-    ]
+    assert sorted(e.path for e in report.errors) == ["spec.trainer.volumes.checkpoints"]
     unmapped = "\n".join(res.unmapped)
     # ROLL's RL settings: rollout_batch_size 64 prompts x num_return_sequences_in_group 8 = 512 samples a
     # step, trained in optimizer steps of the actor's 128 (4 mini-batches); use_kl_loss with coef 0.001.
@@ -129,8 +127,53 @@ def test_cli_import_roll(tmp_path: Path, capsys: Any) -> None:
     err = capsys.readouterr().err
     assert "error: spec.trainer.volumes.checkpoints: rlvr pushes each new policy" in err
     assert cli_main(["validate", str(out)]) == 2
-    assert "spec.trainer.strategy.pipelineParallelSize: 2: this release trains pipelineParallelSize 1 only" in (
-        capsys.readouterr().out
-    )
+    assert "spec.trainer.volumes.checkpoints" in capsys.readouterr().out
     assert yaml.safe_load(out.read_text())["kind"] == "MTPTrainingJob"
     assert cli_main(["import-roll", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_context_and_virtual_pipeline_keep_rolls_global_batch() -> None:
+    """16 GPUs, TP 2 x PP 2 x CP 2: ROLL's data parallel is 2 and its global batch 1 x 8 x 2 = 16. This job
+    runs without CP, so its data parallel is 16 / 4 = 4 and the same 16 sequences take 16 / (1 x 4) = 4
+    accumulation steps (the earlier importer left CP out and made the global batch 32)."""
+    res = _convert("handwritten_sft_cp2_vpp2.yaml")
+    tr = res.manifest["spec"]["trainer"]
+    assert res.manifest["spec"]["pipeline"] == "sft"
+    assert (tr["replicas"], tr["gpusPerReplica"]) == (2, 8)
+    assert tr["strategy"]["tensorParallelSize"] == 2 and tr["strategy"]["pipelineParallelSize"] == 2
+    hp = tr["hyperparameters"]
+    assert (hp["globalBatchSize"], hp["microBatchSize"], hp["gradientAccumulationSteps"]) == (16, 1, 4)
+    notes = "\n".join(res.notes)
+    assert "context_parallel_size=2: not supported" in notes
+    assert "virtual_pipeline_model_parallel_size=2" in notes
+    assert v.validate_object(res.manifest).errors == []
+
+
+def test_expert_parallel_at_tp1_is_mapped_and_vllm_max_model_len_kept() -> None:
+    res = _convert("handwritten_rlvr_ep4.yaml")
+    spec = res.manifest["spec"]
+    tr = spec["trainer"]
+    assert tr["strategy"]["expertParallelSize"] == 4
+    # The sharded optimizer cannot partition expert-parallel weights: turned off, and said.
+    assert tr["strategy"]["distributedOptimizer"] is False
+    assert any("use_distributed_optimizer=true with expert_model_parallel_size=4" in n for n in res.notes)
+    # Data parallel 8 (EP does not divide it): 2 x 4 x 8 = 64 sequences a step, 4 accumulation steps.
+    hp = tr["hyperparameters"]
+    assert (hp["globalBatchSize"], hp["gradientAccumulationSteps"]) == (64, 4)
+    assert spec["rollout"]["generation"]["maxModelLen"] == 4096  # vLLM's own, not 1024 + 2048
+    assert (tr["data"]["promptKey"], tr["data"]["answerKey"]) == ("question", "ground_truth")
+
+
+def test_a_rollout_wider_than_a_node_is_refused_with_the_fix() -> None:
+    roll = yaml.safe_load((ROLL / "handwritten_rlvr_ep4.yaml").read_text())
+    roll["actor_infer"]["strategy_args"]["strategy_config"]["tensor_parallel_size"] = 16
+    with pytest.raises(ri.RollImportError, match=r"tensor_parallel_size 16 is wider than one node.*at most 8"):
+        ri.convert(roll)
+
+
+def test_rlvr_messages_field_becomes_the_prompt_key() -> None:
+    """ROLL's data_args.messages names the field holding each prompt's messages."""
+    assert _convert("qwen3_5-27b-rlvr_megatron.yaml").manifest["spec"]["trainer"]["data"]["promptKey"] == "prompt"
+    roll = yaml.safe_load((ROLL / "qwen3_5-27b-rlvr_megatron.yaml").read_text())
+    roll["actor_train"]["data_args"]["messages"] = "conversation"
+    assert ri.convert(roll).manifest["spec"]["trainer"]["data"]["promptKey"] == "conversation"

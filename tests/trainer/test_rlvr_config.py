@@ -59,7 +59,8 @@ def test_the_tiny_rlvr_example_is_valid() -> None:
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
-        (lambda s: s["trainer"].update(strategy={"pipelineParallelSize": 2}, replicas=2), "spec.trainer.strategy"),
+        # 4 stages cannot split the example's 6 layers evenly.
+        (lambda s: s["trainer"].update(strategy={"pipelineParallelSize": 4}, replicas=4), "spec.trainer.strategy"),
         (
             lambda s: (s["trainer"]["volumes"].pop("checkpoints"), s["model"].update(source={"path": "/models/x"})),
             "spec.trainer.volumes.checkpoints",
@@ -70,7 +71,7 @@ def test_the_tiny_rlvr_example_is_valid() -> None:
         (lambda s: s["rollout"]["generation"].update(maxTokens=128), "spec.rollout.generation.maxTokens"),
         (lambda s: s["rollout"].update(replicas=0), "spec.rollout.replicas"),
     ],
-    ids=["pp2", "no-checkpoints", "csv", "pydoc", "mini-batches", "max-tokens", "no-replicas"],
+    ids=["pp4-of-6-layers", "no-checkpoints", "csv", "pydoc", "mini-batches", "max-tokens", "no-replicas"],
 )
 def test_what_rlvr_cannot_run_is_refused_with_the_field_named(edit: Any, field: str) -> None:
     obj = _tiny_rlvr()
@@ -97,13 +98,15 @@ def test_rlvr_with_tensor_parallel_is_accepted_and_planned() -> None:
     assert cfg.rl is not None
 
 
-def test_rlvr_with_pipeline_parallel_is_refused_by_the_trainer_too() -> None:
+def test_rlvr_with_pipeline_parallel_is_accepted_and_planned() -> None:
+    """rlvr trains under pipeline parallel (tests/rl/test_policy_step_tensor_parallel.py, pp): 2 stages
+    of the example's 6 layers and 2 data-parallel ranks over 4 GPUs."""
     obj = _tiny_rlvr()
-    obj["spec"]["trainer"]["strategy"] = {"pipelineParallelSize": 2}
-    obj["spec"]["trainer"]["gpusPerReplica"] = 2
-    job = t.MTPTrainingJob.model_validate(obj)
-    with pytest.raises(ConfigError, match=r"spec.trainer.strategy.pipelineParallelSize > 1"):
-        from_job(job, base_dir=EXAMPLES, world_size=2)
+    obj["spec"]["trainer"].update(strategy={"pipelineParallelSize": 2}, replicas=2, gpusPerReplica=2)
+    assert _errors(obj) == []
+    cfg = from_job(t.MTPTrainingJob.model_validate(obj), base_dir=EXAMPLES, world_size=4)
+    assert cfg.parallel.pipeline_parallel_size == 2
+    assert cfg.rl is not None
 
 
 def test_the_explicit_rollout_list_wins_over_the_service() -> None:

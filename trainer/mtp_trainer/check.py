@@ -52,6 +52,7 @@ def check_model(m: ModelConfig, cfg: TrainerConfig, spec_mtp_layers: int | None)
         par.tensor_parallel_size,
         expert_parallel_size=par.expert_parallel_size,
         sequence_parallel=par.sequence_parallel,
+        pipeline_parallel_size=par.pipeline_parallel_size,
     ).check()
     return m
 
@@ -77,7 +78,7 @@ def _model_plan(job: t.MTPTrainingJob, cfg: TrainerConfig) -> dict[str, Any]:
     elif cfg.source.kind == "huggingFace":
         return {
             "source": f"huggingFace:{cfg.source.repo_id}@{cfg.source.revision or 'main'}",
-            "config": "downloaded first at start-up and checked (MTP depth, layer types, experts, TP split) "
+            "config": "downloaded first at start-up and checked (MTP depth, layer types, experts, TP and pipeline split) "
             "before any weights are fetched",
             "family": cfg.model.family,
             "mtp_layers": spec_mtp,

@@ -1,7 +1,8 @@
 """Resumable checkpoints: ``DIR/checkpoints/step_N`` written atomically.
 
 A checkpoint directory holds, per tensor-parallel rank, ``model_tp{r}.pt`` (Megatron state dict of
-that shard) and ``optim_tp{r}.pt`` (AdamW state + LR-schedule step; with the distributed optimizer,
+that shard; ``model_tp{r}_pp{p}.pt`` per pipeline stage with pipeline parallel, ``..._ep{e}.pt`` per
+expert-parallel rank with expert parallel) and ``optim_tp{r}.pt`` (AdamW state + LR-schedule step; with the distributed optimizer,
 one ``optim_tp{r}_dp{d}of{D}.pt`` per data-parallel rank, ``optimizer.py``), plus ``meta.json`` (step,
 config, RNG states) and the tokenizer files. The data order is a pure function of the step
 (``data.BatchSchedule``), so model + optimizer + RNG + step is everything a bit-for-bit resume
@@ -66,6 +67,25 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
+def pp_suffix() -> str:
+    """``_pp{p}`` for this pipeline stage with pipeline parallel and ``_ep{e}`` for this rank's experts
+    with expert parallel, else empty (the one-rank names)."""
+    out = ""
+    if dist.is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1:
+        out += f"_pp{ps.get_pipeline_model_parallel_rank()}"
+    if dist.is_initialized() and ps.get_expert_model_parallel_world_size() > 1:
+        out += f"_ep{ps.get_expert_model_parallel_rank()}"
+    return out
+
+
+def _writes_model() -> bool:
+    """One rank per distinct set of weights writes them: data-parallel rank 0, or, with expert parallel
+    (whose ranks are data-parallel ranks holding other experts), expert-data-parallel rank 0."""
+    if dist.is_initialized() and ps.get_expert_model_parallel_world_size() > 1:
+        return bool(ps.get_expert_data_parallel_rank() == 0)
+    return bool(ps.get_data_parallel_rank() == 0)
+
+
 def save(
     root: Path,
     step: int,
@@ -78,13 +98,14 @@ def save(
     """Write ``root/checkpoints/step_{step}`` atomically and return it."""
     final = root / "checkpoints" / f"step_{step}"
     tp_rank = ps.get_tensor_model_parallel_rank()
-    dp_rank = ps.get_data_parallel_rank()
+    pp = pp_suffix()
+    writes = _writes_model()
     is_main = not dist.is_initialized() or dist.get_rank() == 0
     with atomic_dir(final, is_writer=is_main) as tmp:
-        if dp_rank == 0:  # data-parallel replicas hold identical weights
-            torch.save(model.state_dict(), tmp / f"model_tp{tp_rank}.pt")
-        if dp_rank == 0 or optim.is_sharded(optimizer):  # a sharded optimizer: every rank its partition
-            torch.save(optim.state_dict(optimizer), optim.state_file(tmp, optimizer, tp_rank))
+        if writes:  # data-parallel replicas hold identical weights
+            torch.save(model.state_dict(), tmp / f"model_tp{tp_rank}{pp}.pt")
+        if writes or optim.is_sharded(optimizer):  # a sharded optimizer: every rank its partition
+            torch.save(optim.state_dict(optimizer), optim.state_file(tmp, optimizer, tp_rank, pp))
         if is_main:
             meta = {"step": step, "config": asdict(cfg), **(extra or {})}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -105,15 +126,18 @@ def latest(root: Path) -> Path | None:
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Restore model (+ optimizer, RNG) from ``path``; returns its meta (with ``step``)."""
     tp_rank = ps.get_tensor_model_parallel_rank()
-    model_file = path / f"model_tp{tp_rank}.pt"
+    pp = pp_suffix()
+    model_file = path / f"model_tp{tp_rank}{pp}.pt"
     if not model_file.is_file():
+        written = ", ".join(sorted(p.name for p in path.glob("model_tp*.pt"))) or "no model files"
         raise FileNotFoundError(
-            f"{model_file} is missing: the checkpoint was written with a different tensorParallelSize; "
-            "resume with the same parallel layout or start with --fresh"
+            f"{model_file} is missing (the checkpoint has {written}): it was written with a different "
+            "tensorParallelSize, pipelineParallelSize or expertParallelSize; resume with the same parallel layout "
+            "or start with --fresh"
         )
     model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True), strict=True)
     if optimizer is not None:
-        optim.load_state_dict(optimizer, optim.state_file(path, optimizer, tp_rank))
+        optim.load_state_dict(optimizer, optim.state_file(path, optimizer, tp_rank, pp))
     rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():

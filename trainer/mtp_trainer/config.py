@@ -281,11 +281,6 @@ def from_job(job: t.MTPTrainingJob, base_dir: Path | None = None, world_size: in
             f"spec.trainer.strategy: world size {ws} is not divisible by tensorParallelSize x "
             f"pipelineParallelSize = {mp}; change replicas/gpusPerReplica or the parallel layout"
         )
-    if strat.pipeline_parallel_size > 1:
-        raise ConfigError(
-            "spec.trainer.strategy.pipelineParallelSize > 1 is not supported by this trainer yet "
-            "(Megatron's pipeline schedules hard-code CUDA and MTP needs the last stage); set it to 1"
-        )
     dp = ws // mp
     accum = hp.gradient_accumulation_steps or max(hp.global_batch_size // (hp.micro_batch_size * dp), 1)
     source = _source(job, base)

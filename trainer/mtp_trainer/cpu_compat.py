@@ -37,10 +37,16 @@ workarounds, measured on megatron-core 0.16.1 + torch 2.13 CPU (see /work/shared
    it raises ``NameError``; binding it to ``None`` selects its own ``torch.mm`` path. The ``alltoall``
    token dispatcher creates a ``torch.cuda.Stream`` at construction, so the provider uses
    ``allgather``; experts are the local ``SequentialMLP`` (no grouped GEMM), fusions stay off.
+10. Pipeline parallel: ``LanguageModule.setup_embeddings_and_output_layer`` copies the embedding to
+   the last stage's duplicate (the MTP block's and a tied output layer's) with an all-reduce over
+   ``weight.data.cuda()``. :func:`tensor_cuda_is_identity` makes ``Tensor.cuda`` return the tensor
+   while the model is built, only when CUDA is absent, so the same all-reduce runs over gloo.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -74,6 +80,24 @@ def apply() -> None:
     tp_random._get_cuda_rng_state = _no_cuda_rng_state
     tp_random._set_cuda_rng_state = _no_cuda_rng_restore
     _PATCHED = True
+
+
+@contextmanager
+def tensor_cuda_is_identity() -> Iterator[None]:
+    """Workaround 10, for the duration of the block and only without CUDA."""
+    if not on_cpu():
+        yield
+        return
+    original = torch.Tensor.cuda
+
+    def _stay(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self
+
+    torch.Tensor.cuda = _stay  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original  # type: ignore[method-assign]
 
 
 def seed_model_parallel_rng(seed: int) -> None:

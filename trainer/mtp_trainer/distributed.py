@@ -29,8 +29,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, seed: int = 1234) -> DistInfo:
-    """Initialise the process group (once) and Megatron's model-parallel groups."""
+def init(
+    tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, seed: int = 1234, expert_parallel_size: int = 1
+) -> DistInfo:
+    """Initialise the process group (once) and Megatron's model-parallel groups (the expert-parallel
+    groups split each pipeline stage's data-parallel ranks, as Megatron's do)."""
     cpu_compat.apply()
     launched = "RANK" in os.environ
     rank = int(os.environ.get("RANK", "0"))
@@ -49,7 +52,9 @@ def init(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, seed: i
         else:
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if not ps.model_parallel_is_initialized():
-        ps.initialize_model_parallel(tensor_parallel_size, pipeline_parallel_size)
+        ps.initialize_model_parallel(
+            tensor_parallel_size, pipeline_parallel_size, expert_model_parallel_size=expert_parallel_size
+        )
     cpu_compat.seed_model_parallel_rng(seed)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 

@@ -19,7 +19,7 @@ from torch import nn
 from mtp_trainer import families
 from mtp_trainer.config import ConfigError, ModelConfig
 from mtp_trainer.families.qwen3_next import gdn_tensor_parallel_layout
-from mtp_trainer.sharding import shard_state_dict
+from mtp_trainer.sharding import needed_names, shard_state_dict
 
 
 def read_config(path: Path) -> dict:
@@ -54,17 +54,17 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: nn.Module, path: Path, m: ModelConfig) -> None:
-    """Copy the checkpoint's weights into ``model`` (this rank's TP shard)."""
+    """Copy the checkpoint's weights into ``model`` (this rank's TP shard of its pipeline stage)."""
     fam = families.get(m.family)
     full = fam.from_hf(read_tensors(path), m)
     if m.mtp_num_layers == 0:
         full = {k: v for k, v in full.items() if not k.startswith("mtp.")}
-    missing = [k for k in model.state_dict() if "_extra_state" not in k and k not in full]
+    missing = [k for k in needed_names(model) if k not in full]
     if m.tie_word_embeddings:
         missing = [k for k in missing if k != "output_layer.weight"]
     if missing:
         raise ConfigError(f"spec.model.source {path}: checkpoint lacks tensors for {missing[:5]}")
     tp = ps.get_tensor_model_parallel_world_size()
     full = gdn_tensor_parallel_layout(full, m, tp, to_ranks=True)
-    sd = shard_state_dict(model, {**model.state_dict(), **full})
+    sd = shard_state_dict(model, full)
     model.load_state_dict(sd, strict=False)

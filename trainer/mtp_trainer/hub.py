@@ -88,7 +88,7 @@ def fetch(
 ) -> SourceConfig:
     """Make a ``huggingFace`` source a local directory; other sources pass through unchanged.
 
-    ``check_config`` (the trainer's model checks: MTP depth, layer types, experts, TP split) runs on
+    ``check_config`` (the trainer's model checks: MTP depth, layer types, experts, TP and pipeline split) runs on
     config.json, fetched alone first, before any weights are downloaded; it raises ConfigError."""
     if src.kind != "huggingFace":
         return src

@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
     family = families.get(cfg.model.family)
     check.check_model(cfg.model, cfg, None)
 
-    info = distributed.init(cfg.parallel.tensor_parallel_size, cfg.parallel.pipeline_parallel_size, cfg.seed)
+    par = cfg.parallel
+    info = distributed.init(par.tensor_parallel_size, par.pipeline_parallel_size, cfg.seed, par.expert_parallel_size)
     resume_from = checkpoint.latest(out_dir) if args.resume else None
 
     problems = None
@@ -159,7 +160,6 @@ def run(args: argparse.Namespace) -> int:
         )
 
     torch.manual_seed(cfg.seed)
-    par = cfg.parallel
     provider = family.provider(
         cfg.model,
         par.tensor_parallel_size,
@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         par.recompute,
         par.expert_parallel_size,
         par.sequence_parallel,
+        par.pipeline_parallel_size,
     )
     model = provider.provide()
     if cfg.source.kind == "path" and resume_from is None:

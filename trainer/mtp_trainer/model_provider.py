@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec, get_gpt_mtp_block_spec
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -54,6 +55,9 @@ class ModelProvider:
     # spec.trainer.strategy.sequenceParallel, applied with tensorParallelSize > 1 (Megatron refuses it
     # without TP); the norms are norms.SequenceParallelRMSNorm, whose weights the TP finish sums.
     sequence_parallel: bool = False
+    # spec.trainer.strategy.pipelineParallelSize: this rank builds its stage only (pipeline.py runs the
+    # schedule); the MTP block and a copy of the embedding sit on the last stage, as Megatron places them.
+    pipeline_parallel_size: int = 1
 
     def transformer_config(self) -> TransformerConfig:
         m = self.model
@@ -78,6 +82,8 @@ class ModelProvider:
             "attention_dropout": 0.0,
             "init_method_std": m.init_std,
             "tensor_model_parallel_size": self.tensor_parallel_size,
+            "pipeline_model_parallel_size": self.pipeline_parallel_size,
+            "pipeline_dtype": dtype,  # of the hidden states sent between stages (pipeline.py)
             "sequence_parallel": self.sequence_parallel and self.tensor_parallel_size > 1,
             "params_dtype": dtype,
             "bf16": dtype == torch.bfloat16,
@@ -173,25 +179,43 @@ class ModelProvider:
                     f"spec.trainer.strategy.expertParallelSize {self.expert_parallel_size} must divide the "
                     f"{m.num_experts} experts; lower expertParallelSize"
                 )
+            if tp > 1 and self.expert_parallel_size > 1:
+                raise ConfigError(
+                    f"spec.trainer.strategy.expertParallelSize {self.expert_parallel_size} with tensorParallelSize {tp}: "
+                    "experts split over expert-parallel ranks at tensorParallelSize 1 only; set one of them to 1"
+                )
             if tp > 1 and not self.sequence_parallel:
                 raise ConfigError(
                     f"spec.trainer.strategy.sequenceParallel: a mixture-of-experts model at tensorParallelSize {tp} "
                     "needs sequence parallel (Megatron's MoE layer refuses to train without it); set it to true"
                 )
+        pp = self.pipeline_parallel_size
+        if pp > 1 and m.num_layers % pp:
+            raise ConfigError(
+                f"spec.trainer.strategy.pipelineParallelSize {pp} must divide the model's {m.num_layers} layers "
+                "(each stage builds the same number); pick a divisor of the layer count"
+            )
         rot = int(m.head_dim * m.rotary_percent)
         if rot % 2:
             raise ConfigError(f"head dim {m.head_dim} x rotary 0.25 = {rot} must be even; use a head dim multiple of 8")
 
-    def decoder_spec(self, layer_spec: ModuleSpec) -> ModuleSpec | TransformerBlockSubmodules:
-        """One spec per layer and the final norm, spelled out (so that ``norms`` can swap every norm;
-        Megatron would add its own final norm to a bare layer spec). All full attention: the local
-        layer spec per layer. Hybrid: the linear ones with Megatron's ``GatedDeltaNet`` (local, non-TE
-        submodules; the input norm stays a separate module, as in the full-attention layers and in
-        Hugging Face's layout)."""
+    def stage_layers(self, pp_rank: int) -> range:
+        """The global layer indices pipeline stage ``pp_rank`` builds (an even split, checked above)."""
+        per = self.model.num_layers // self.pipeline_parallel_size
+        return range(pp_rank * per, (pp_rank + 1) * per)
+
+    def decoder_spec(self, layer_spec: ModuleSpec, pp_rank: int = 0) -> ModuleSpec | TransformerBlockSubmodules:
+        """One spec per layer of this pipeline stage and the final norm, spelled out (so that ``norms``
+        can swap every norm; Megatron would add its own final norm to a bare layer spec, and builds every
+        spec in a list, so the list is this stage's slice). All full attention: the local layer spec per
+        layer. Hybrid: the linear ones with Megatron's ``GatedDeltaNet`` (local, non-TE submodules; the
+        input norm stays a separate module, as in the full-attention layers and in Hugging Face's
+        layout), chosen by the global layer index."""
         m = self.model
+        layers = self.stage_layers(pp_rank)
         if not m.is_hybrid():
             return TransformerBlockSubmodules(
-                layer_specs=[layer_spec] * m.num_layers, layer_norm=layer_spec.submodules.input_layernorm
+                layer_specs=[layer_spec] * len(layers), layer_norm=layer_spec.submodules.input_layernorm
             )
         from megatron.core.ssm.gated_delta_net import GatedDeltaNet, GatedDeltaNetSubmodules
         from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -203,7 +227,7 @@ class ModelProvider:
             submodules=GatedDeltaNetSubmodules(in_proj=ColumnParallelLinear, out_norm=norm, out_proj=RowParallelLinear),
         )
         linear = ModuleSpec(module=layer_spec.module, submodules=replace(subs, self_attention=gdn))
-        specs = [linear if m.is_linear(i) else layer_spec for i in range(m.num_layers)]
+        specs = [linear if m.is_linear(i) else layer_spec for i in layers]
         return TransformerBlockSubmodules(layer_specs=specs, layer_norm=norm)
 
     def provide(self) -> GPTModel:
@@ -217,22 +241,25 @@ class ModelProvider:
             qk_layernorm=True,
             normalization="RMSNorm",
         )
+        pp_rank = ps.get_pipeline_model_parallel_rank() if self.pipeline_parallel_size > 1 else 0
         # The MTP layer is a full-attention layer in Qwen3.5 / Qwen3-Next, whatever the trunk's last layer is.
+        # Megatron's spec function returns None on every stage but the last.
         mtp_spec = get_gpt_mtp_block_spec(cfg, layer_spec, use_transformer_engine=False) if cfg.mtp_num_layers else None
-        model = GPTModel(
-            config=cfg,
-            transformer_layer_spec=with_sequence_parallel_norms(self.decoder_spec(layer_spec)),
-            vocab_size=self.model.vocab_size,
-            max_sequence_length=self.model.max_position_embeddings,
-            pre_process=True,
-            post_process=True,
-            parallel_output=True,
-            share_embeddings_and_output_weights=self.model.tie_word_embeddings,
-            position_embedding_type="rope",
-            rotary_percent=self.model.rotary_percent,
-            rotary_base=int(self.model.rotary_base),
-            mtp_block_spec=with_sequence_parallel_norms(mtp_spec),
-        )
+        with cpu_compat.tensor_cuda_is_identity():
+            model = GPTModel(
+                config=cfg,
+                transformer_layer_spec=with_sequence_parallel_norms(self.decoder_spec(layer_spec, pp_rank)),
+                vocab_size=self.model.vocab_size,
+                max_sequence_length=self.model.max_position_embeddings,
+                pre_process=pp_rank == 0,
+                post_process=pp_rank == self.pipeline_parallel_size - 1,
+                parallel_output=True,
+                share_embeddings_and_output_weights=self.model.tie_word_embeddings,
+                position_embedding_type="rope",
+                rotary_percent=self.model.rotary_percent,
+                rotary_base=int(self.model.rotary_base),
+                mtp_block_spec=with_sequence_parallel_norms(mtp_spec),
+            )
         if not cpu_compat.on_cpu():
             model = model.cuda()
         return model

@@ -19,10 +19,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state as ps
 from megatron.core.transformer.moe import moe_utils
 from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 from megatron.core.transformer.moe.router import TopKRouter
 from torch import nn
+
+from mtp_trainer import pipeline
 
 AUX_LOSS_NAME = "load_balancing_loss"  # Megatron's tracker key for the "aux_loss" balancing type
 
@@ -53,8 +56,8 @@ def take_aux_loss(micro_batches: int) -> float | None:
     if entry is None:
         return None
     values = entry["values"]
-    ran = int((values != 0).sum())
-    total = float(values.sum())
+    # With pipeline parallel each stage logged its own layers: the sums span the stages.
+    total, ran = pipeline.sum_over_stages([float(values.sum()), float((values != 0).sum())])
     values.zero_()
     return total / (ran * max(micro_batches, 1)) if ran else None
 
@@ -83,7 +86,8 @@ class ExpertLoad:
         return len(self.counts)
 
     def take(self, group: Any = None, device: torch.device | str = "cpu") -> list[list[int]]:
-        """Counts since the last call, summed over ``group`` (the data-parallel ranks); resets them."""
+        """Counts since the last call, summed over ``group`` (the data-parallel ranks), every MoE layer
+        of the model in order (with pipeline parallel the stages' rows are joined); resets them."""
         if not self.counts:
             return []
         vec = torch.stack(self.counts)
@@ -92,7 +96,12 @@ class ExpertLoad:
             dist.all_reduce(vec, group=group)
         for c in self.counts:
             c.zero_()
-        return [[int(x) for x in row] for row in vec.tolist()]
+        rows = [[int(x) for x in row] for row in vec.tolist()]
+        if pipeline.size() == 1:
+            return rows
+        stages: list[list[list[int]] | None] = [None] * pipeline.size()
+        dist.all_gather_object(stages, rows, group=ps.get_pipeline_model_parallel_group())
+        return [row for part in stages for row in part or []]
 
     def remove(self) -> None:
         for h in self._handles:

@@ -176,12 +176,50 @@ def forward(
     ``lm_loss`` replaces the trunk's loss (default: the masked-mean next-token cross-entropy); the
     RL policy step plugs its GRPO loss in here. The MTP losses, the cuts and the total are the same
     whatever the trunk's loss is: ``loss = lm_loss + (factor / D) * sum_d mtp_d`` (MTP skipped in
-    ``disabled``), and in ``standalone`` no MTP gradient reaches the trunk."""
-    mask = batch.loss_mask.float()
+    ``disabled``), and in ``standalone`` no MTP gradient reaches the trunk. The whole model must be
+    on this rank; a pipeline stage runs :func:`stage_forward` (``pipeline.py``)."""
+    out = stage_forward(model, batch, mode, loss_scaling_factor, None, keep_logits, lm_loss)
+    if not isinstance(out, ForwardOutput):
+        raise RuntimeError("mtp_modes.forward needs the whole model; with pipeline parallel use pipeline.run")
+    return out
+
+
+def stage_forward(
+    model: GPTModel,
+    batch: Batch,
+    mode: str,
+    loss_scaling_factor: float,
+    input_tensor: Tensor | None = None,
+    keep_logits: bool = False,
+    lm_loss: LMLoss | None = None,
+) -> ForwardOutput | Tensor:
+    """This pipeline stage's part of :func:`forward`: the first stage embeds the tokens, a later one
+    starts from ``input_tensor`` (the previous stage's hidden states); every stage runs its layers;
+    the last one (``post_process``) adds the output layer, the trunk loss and the MTP block and
+    returns the :class:`ForwardOutput`, any other returns its hidden states for the next stage."""
+    if input_tensor is not None:
+        model.set_input_tensor(input_tensor)  # read by _preprocess (RoPE length) and the decoder
     decoder_input, rotary_pos_emb = model._preprocess(input_ids=batch.input_ids, position_ids=batch.position_ids)[:2]
     hidden = model.decoder(
         hidden_states=decoder_input, attention_mask=batch.attention_mask, rotary_pos_emb=rotary_pos_emb
     )
+    if not model.post_process:
+        return hidden
+    return _head(model, batch, hidden, rotary_pos_emb, mode, loss_scaling_factor, keep_logits, lm_loss)
+
+
+def _head(
+    model: GPTModel,
+    batch: Batch,
+    hidden: Tensor,
+    rotary_pos_emb: Tensor | None,
+    mode: str,
+    loss_scaling_factor: float,
+    keep_logits: bool,
+    lm_loss: LMLoss | None,
+) -> ForwardOutput:
+    """Output layer, trunk loss and the MTP depths with the cuts of ``mode`` (the last stage's part)."""
+    mask = batch.loss_mask.float()
     tied_weight = model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights else None
     logits, _ = model.output_layer(hidden, weight=tied_weight)
     # Read logits before the loss: Megatron's vocab-parallel cross-entropy rewrites them in place.

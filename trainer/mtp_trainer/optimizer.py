@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from mtp_trainer import mtp_modes
-from mtp_trainer.config import TrainerConfig
+from mtp_trainer.config import ConfigError, TrainerConfig
 
 
 def _dp_group() -> tuple[Any, int]:
@@ -49,6 +49,11 @@ def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimiz
     kwargs: dict[str, Any] = {"lr": o.learning_rate, "betas": o.betas, "weight_decay": o.weight_decay, "eps": 1e-8}
     group, dp = _dp_group()
     if cfg.parallel.distributed_optimizer and dp > 1:
+        if cfg.parallel.expert_parallel_size > 1:
+            raise ConfigError(
+                "spec.trainer.strategy.distributedOptimizer with expertParallelSize > 1: expert-parallel ranks hold "
+                "different experts, which the sharded optimizer cannot partition; set distributedOptimizer: false"
+            )
         return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, process_group=group, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
 
@@ -57,14 +62,15 @@ def is_sharded(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, ZeroRedundancyOptimizer)
 
 
-def state_file(directory: Path, optimizer: torch.optim.Optimizer | None, tp_rank: int) -> Path:
+def state_file(directory: Path, optimizer: torch.optim.Optimizer | None, tp_rank: int, pp_suffix: str = "") -> Path:
     """This rank's optimizer file: ``optim_tp{t}.pt`` (the whole state, written by data-parallel rank 0)
-    or, sharded, ``optim_tp{t}_dp{d}of{D}.pt`` (this data-parallel rank's partition)."""
+    or, sharded, ``optim_tp{t}_dp{d}of{D}.pt`` (this data-parallel rank's partition); ``pp_suffix`` is
+    ``_pp{p}`` / ``_ep{e}`` with pipeline / expert parallel (``checkpoint.pp_suffix``)."""
     if optimizer is not None and is_sharded(optimizer):
         group, dp = _dp_group()
         rank = dist.get_rank(group) if group is not None else 0
-        return directory / f"optim_tp{tp_rank}_dp{rank}of{dp}.pt"
-    return directory / f"optim_tp{tp_rank}.pt"
+        return directory / f"optim_tp{tp_rank}{pp_suffix}_dp{rank}of{dp}.pt"
+    return directory / f"optim_tp{tp_rank}{pp_suffix}.pt"
 
 
 def state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

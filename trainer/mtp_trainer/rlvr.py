@@ -48,7 +48,7 @@ from megatron.core import parallel_state as ps
 
 from mtp_api import contracts
 from mtp_api.acceptance import figures_between
-from mtp_trainer import checkpoint, data, hf_export, mtp_modes
+from mtp_trainer import checkpoint, data, hf_export, mtp_modes, pipeline
 from mtp_trainer.config import ConfigError, RLConfig, TrainerConfig
 from mtp_trainer.metrics import Metrics
 from mtp_trainer.rl import grpo, policy_step
@@ -408,7 +408,11 @@ class RLVRRun:
         cur = policy_step.sequence_logprobs(self.model, sequences, self.pad_id, self.cfg.data.micro_batch_size)
         ref = policy_step.sequence_logprobs(self.reference, sequences, self.pad_id, self.cfg.data.micro_batch_size)
         mask = policy_step.build_batch(sequences, self.pad_id, policy_step.sequence_multiple(self.model)).loss_mask
-        sums = torch.tensor([float((grpo.k3_kl(cur, ref) * mask).sum()), float(mask.sum())], dtype=torch.float64)
+        # With pipeline parallel the log-probs are the last stage's (zeros elsewhere): its sums count.
+        here = (
+            [float((grpo.k3_kl(cur, ref) * mask).sum()), float(mask.sum())] if pipeline.is_last_stage() else [0.0, 0.0]
+        )
+        sums = torch.tensor(pipeline.sum_over_stages(here), dtype=torch.float64)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums, group=ps.get_data_parallel_group())
         return float(sums[0] / sums[1].clamp(min=1.0))

@@ -21,13 +21,13 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from torch import nn
 
-from mtp_trainer import checkpoint, moe, mtp_modes
+from mtp_trainer import checkpoint, moe, mtp_modes, pipeline
 from mtp_trainer.config import OptimConfig, TrainerConfig
 from mtp_trainer.data import BatchSchedule, PackedRows, eval_batches
 from mtp_trainer.metrics import Metrics, StepRecord
 from mtp_trainer.optimizer import build_optimizer
 
-__all__ = ["Trainer", "allreduce_grads", "build_optimizer", "clip_grad_norm", "lr_at"]
+__all__ = ["Trainer", "allreduce_grads", "build_optimizer", "clip_grad_norm", "is_expert_parallel", "lr_at"]
 
 
 def lr_at(step: int, o: OptimConfig) -> float:
@@ -39,19 +39,37 @@ def lr_at(step: int, o: OptimConfig) -> float:
     return o.min_learning_rate + 0.5 * (o.learning_rate - o.min_learning_rate) * (1 + math.cos(math.pi * progress))
 
 
+def is_expert_parallel(p: nn.Parameter) -> bool:
+    """A routed expert's weight under expert parallel: each expert-parallel rank holds other experts
+    (Megatron marks them ``allreduce=False``)."""
+    return not getattr(p, "allreduce", True)
+
+
 def allreduce_grads(model: nn.Module, group: Any = None) -> None:
     """Average every gradient over the data-parallel group (Megatron's, unless ``group`` is given);
-    a no-op without torch.distributed or with one rank. Used by SFT and by the RL policy step."""
+    a no-op without torch.distributed or with one rank. Used by SFT and by the RL policy step.
+
+    Under expert parallel a routed expert lives on one rank of each expert-parallel group, and its
+    gradient already sums the losses of every rank in that group (the token dispatcher brought their
+    tokens to it): it is summed over the ranks that hold the same expert (Megatron's expert-data-parallel
+    group) and divided by the whole data-parallel size, so that it is the same mean over every rank's
+    loss as any other weight's."""
     if not dist.is_initialized():
         return
     group = group if group is not None else ps.get_data_parallel_group()
     size = dist.get_world_size(group)
     if size == 1:
         return
+    expert_group = None
     for p in model.parameters():
-        if p.grad is not None:
+        if p.grad is None:
+            continue
+        if is_expert_parallel(p):
+            expert_group = expert_group or ps.get_expert_data_parallel_group()
+            dist.all_reduce(p.grad, group=expert_group)
+        else:
             dist.all_reduce(p.grad, group=group)
-            p.grad.div_(size)
+        p.grad.div_(size)
 
 
 # Weights every TP rank holds whole but applies to its own heads only, so each rank's gradient is a
@@ -82,30 +100,49 @@ def allreduce_tensor_parallel_grads(model: nn.Module) -> None:
             dist.all_reduce(p.grad, group=group)
 
 
+def _default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
-    """``torch.nn.utils.clip_grad_norm_`` over the whole model, tensor-parallel aware: the global L2
-    norm sums the squares of every TP shard (all-reduced over the TP group) and counts a parameter
-    that each TP rank holds whole (norms, replicated weights) once. Every TP rank gets the same norm
-    and the same scale. With one TP rank it is torch's function (same formula, same 1e-6)."""
+    """``torch.nn.utils.clip_grad_norm_`` over the whole model, tensor- and pipeline-parallel aware:
+    the global L2 norm sums the squares of every TP shard (all-reduced over the TP group), counts a
+    parameter that each TP rank holds whole (norms, replicated weights) once, and sums the stages
+    (all-reduced over the pipeline group; the last stage's embedding copy, Megatron's ``shared``,
+    is counted on the first stage only) and the expert-parallel ranks' own experts (all-reduced over
+    the expert tensor-and-model-parallel group). Every rank gets the same norm and the same scale.
+    With one TP rank, one stage and one expert-parallel rank it is torch's function (same formula,
+    same 1e-6). With pipeline parallel
+    every stage must call it for the same groups, even one that holds none of the group's weights."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
     tp_group = ps.get_tensor_model_parallel_group() if ps.model_parallel_is_initialized() else None
     tp = dist.get_world_size(tp_group) if tp_group is not None and dist.is_initialized() else 1
-    if tp == 1:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    sharded = torch.zeros((), dtype=torch.float32, device=grads[0].device)
-    whole = torch.zeros((), dtype=torch.float32, device=grads[0].device)
+    pp = pipeline.size()
+    ep = ps.get_expert_model_parallel_world_size() if tp_group is not None and dist.is_initialized() else 1
+    if tp == 1 and pp == 1 and ep == 1:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if grads else 0.0
+    device = grads[0].device if grads else _default_device()
+    sharded = torch.zeros((), dtype=torch.float32, device=device)
+    whole = torch.zeros((), dtype=torch.float32, device=device)
+    experts = torch.zeros((), dtype=torch.float32, device=device)
     for p in params:
-        if p.grad is None:
+        if p.grad is None or getattr(p, "shared", False):
             continue
         sq = p.grad.detach().float().pow(2).sum()
-        if getattr(p, "tensor_model_parallel", False):
+        if is_expert_parallel(p):
+            experts += sq  # this expert-parallel rank's experts only
+        elif getattr(p, "tensor_model_parallel", False):
             sharded += sq
         else:
             whole += sq  # identical on every TP rank: counted once
-    dist.all_reduce(sharded, group=tp_group)
-    total = (sharded + whole).sqrt()
+    if tp > 1:
+        dist.all_reduce(sharded, group=tp_group)
+    if ep > 1:
+        dist.all_reduce(experts, group=ps.get_expert_tensor_and_model_parallel_group())
+    squares = sharded + whole + experts
+    if pp > 1:
+        dist.all_reduce(squares, group=ps.get_pipeline_model_parallel_group())
+    total = squares.sqrt()
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:
         g.mul_(coef.to(g.dtype))
@@ -120,6 +157,12 @@ class _Sums:
     n: int = 0
     mtp: mtp_modes.DepthSums = field(default_factory=mtp_modes.DepthSums)
 
+    @classmethod
+    def of_depth(cls, depth: int) -> _Sums:
+        """Zeros for ``depth`` MTP depths: with pipeline parallel only the last stage adds outputs, and
+        every stage's vector must have the same length for the reduction."""
+        return cls(mtp=mtp_modes.DepthSums([0.0] * depth, [0.0] * depth, [0.0] * depth))
+
     def add(self, out: mtp_modes.ForwardOutput) -> None:
         self.n += 1
         self.lm_loss += float(out.lm_loss.detach())
@@ -129,9 +172,8 @@ class _Sums:
 
     def reduced(self, group: Any) -> tuple[float, list[float], list[float], float]:
         """Mean losses and agreement over micro-batches and data-parallel ranks."""
-        vec = torch.tensor(
-            [self.lm_loss, float(self.n), self.lm_correct, self.lm_tokens, *self.mtp.flat()], dtype=torch.float64
-        )
+        stats = [self.lm_loss, float(self.n), self.lm_correct, self.lm_tokens, *self.mtp.flat()]
+        vec = torch.tensor(pipeline.sum_over_stages(stats), dtype=torch.float64)
         if dist.is_initialized() and dist.get_world_size(group) > 1:
             dist.all_reduce(vec, group=group)
         n = max(vec[1].item(), 1.0)
@@ -171,20 +213,22 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        sums = _Sums()
+        sums = _Sums.of_depth(self._depth(mode))
         accum = self.schedule.grad_accum_steps
         if self.expert_load is not None:
             moe.set_aux_loss_scale(1.0 / accum, self.device)  # the aux loss is averaged like the main loss
-        for micro in range(accum):
-            batch = self.schedule.micro_batch(step, micro).to(self.device)
-            out = mtp_modes.forward(self.model, batch, mode, cfg.mtp.loss_scaling_factor)
-            (out.loss / accum).backward()
+        batches = [self.schedule.micro_batch(step, micro).to(self.device) for micro in range(accum)]
+
+        def stage(batch: mtp_modes.Batch, received: torch.Tensor | None) -> mtp_modes.ForwardOutput | torch.Tensor:
+            return mtp_modes.stage_forward(self.model, batch, mode, cfg.mtp.loss_scaling_factor, received)
+
+        for out in pipeline.run(self.model, batches, stage, 1.0 / accum):
             sums.add(out)
         self._allreduce_grads()
         norms = []
         for group in mtp_modes.clip_groups(self.model, mode):
             with_grad = [p for p in group if p.grad is not None]
-            if with_grad:
+            if with_grad or pipeline.size() > 1:  # every stage joins each group's norm reduction
                 clip = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else float("inf")
                 norms.append(clip_grad_norm(with_grad, clip))
         self.optimizer.step()
@@ -209,8 +253,13 @@ class Trainer:
             expert_load=load,
         )
 
+    def _depth(self, mode: str) -> int:
+        """MTP depths whose losses this mode reports (0 in ``disabled``)."""
+        return self.cfg.model.mtp_num_layers if mode != mtp_modes.DISABLED else 0
+
     def _allreduce_grads(self) -> None:
         allreduce_tensor_parallel_grads(self.model)
+        pipeline.allreduce_embedding_grads(self.model)
         allreduce_grads(self.model)
 
     @torch.no_grad()
@@ -220,11 +269,16 @@ class Trainer:
             return None
         self.model.eval()
         t0 = time.perf_counter()
-        sums = _Sums()
         mode = mtp_modes.JOINT if self.cfg.model.mtp_num_layers else mtp_modes.DISABLED
+        sums = _Sums.of_depth(self._depth(mode))
         n = max_batches or self.cfg.schedule.eval_batches
-        for batch in eval_batches(self.val_rows, self.cfg.data.micro_batch_size, n):
-            sums.add(mtp_modes.forward(self.model, batch.to(self.device), mode, self.cfg.mtp.loss_scaling_factor))
+        batches = [b.to(self.device) for b in eval_batches(self.val_rows, self.cfg.data.micro_batch_size, n)]
+
+        def stage(batch: mtp_modes.Batch, received: torch.Tensor | None) -> mtp_modes.ForwardOutput | torch.Tensor:
+            return mtp_modes.stage_forward(self.model, batch, mode, self.cfg.mtp.loss_scaling_factor, received)
+
+        for out in pipeline.run(self.model, batches, stage, 1.0, backward=False):
+            sums.add(out)
         lm, losses, agree, lm_agree = sums.reduced(None)
         rec = StepRecord(
             step=step,

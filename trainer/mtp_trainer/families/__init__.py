@@ -34,9 +34,18 @@ class Family:
         recompute: str = "none",
         expert_parallel_size: int = 1,
         sequence_parallel: bool = False,
+        pipeline_parallel_size: int = 1,
     ) -> ModelProvider:
         # Every family shares the Qwen3.5/Qwen3-Next Megatron layout (dense or MoE, optionally hybrid).
-        return ModelProvider(model, tensor_parallel_size, mtp_scale, recompute, expert_parallel_size, sequence_parallel)
+        return ModelProvider(
+            model,
+            tensor_parallel_size,
+            mtp_scale,
+            recompute,
+            expert_parallel_size,
+            sequence_parallel,
+            pipeline_parallel_size,
+        )
 
 
 REGISTRY: dict[str, Family] = {

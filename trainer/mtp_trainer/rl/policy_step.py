@@ -37,7 +37,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from torch import Tensor, nn
 
-from mtp_trainer import moe, mtp_modes
+from mtp_trainer import moe, mtp_modes, pipeline
 from mtp_trainer.data import causal_batch
 from mtp_trainer.mtp_modes import Batch
 from mtp_trainer.rl import grpo
@@ -155,18 +155,19 @@ def vocab_parallel_entropy(logits: Tensor) -> Tensor:
     return (torch.log(sums[0]) - sums[1] / sums[0]).transpose(0, 1)
 
 
-@torch.no_grad()
-def _batch_logprobs(model: Any, batch: Batch) -> Tensor:
-    """Per-token log-probs of ``batch.labels`` from the trunk alone (the MTP forward is skipped)."""
-    got: list[Tensor] = []
+def _logprob_stage(model: Any, got: list[Tensor]) -> pipeline.StageFn:
+    """A pipeline stage function that runs the trunk alone (the MTP forward is skipped) and, on the
+    last stage, appends each micro-batch's per-token log-probs of its labels to ``got``."""
 
-    def lm_loss(logits: Tensor) -> Tensor:
-        logp = token_logprobs(model, logits, batch.labels)
-        got.append(logp)
-        return logp.sum()
+    def stage(batch: Batch, received: Tensor | None) -> mtp_modes.ForwardOutput | Tensor:
+        def lm_loss(logits: Tensor) -> Tensor:
+            logp = token_logprobs(model, logits, batch.labels)
+            got.append(logp.float())
+            return logp.sum()
 
-    mtp_modes.forward(model, batch, mtp_modes.DISABLED, 0.0, lm_loss=lm_loss)
-    return got[0].float()
+        return mtp_modes.stage_forward(model, batch, mtp_modes.DISABLED, 0.0, received, lm_loss=lm_loss)
+
+    return stage
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -186,12 +187,18 @@ def sequence_logprobs(
 
 def _logprobs_in_chunks(model: Any, batch: Batch, minis: list[Tensor], micro_batch_size: int) -> Tensor:
     """Log-probs computed with exactly the micro-batches that the update will use, so that a
-    recomputed old log-prob equals the update's first forward bit for bit."""
+    recomputed old log-prob equals the update's first forward bit for bit. With pipeline parallel
+    only the last stage computes them (zeros elsewhere): it is the only stage that uses them."""
     device = _device(model)
     out = torch.zeros(batch.labels.shape)
-    for mini in minis:
-        for rows in _micro_chunks(mini, micro_batch_size):
-            out[rows] = _batch_logprobs(model, _rows(batch, rows).to(device)).cpu()
+    chunks = [rows for mini in minis for rows in _micro_chunks(mini, micro_batch_size)]
+    got: list[Tensor] = []
+    with torch.no_grad():
+        pipeline.run(
+            model, [_rows(batch, r).to(device) for r in chunks], _logprob_stage(model, got), 1.0, backward=False
+        )
+    for rows, logp in zip(chunks, got, strict=False):  # got is empty before the last stage
+        out[rows] = logp.cpu()
     return out
 
 
@@ -222,6 +229,21 @@ class _Acc:
     entropy: float = 0.0
     micro: int = 0
     mtp: mtp_modes.DepthSums = field(default_factory=mtp_modes.DepthSums)
+    policy_losses: list[float] = field(default_factory=list)  # one per mini-batch (this rank's share)
+
+    def add(self, stats: dict[str, float], entropy: list[Tensor], mask: Tensor, out: mtp_modes.ForwardOutput) -> None:
+        t = stats["tokens"]
+        self.tokens += t
+        self.pg_loss += stats["pg_loss"]
+        self.policy_losses[-1] += stats["loss"]
+        self.clip += stats["clip_fraction"] * t
+        self.kl_old += stats["approx_kl"] * t
+        self.ratio += stats["ratio_mean"] * t
+        self.kl_ref += stats.get("kl_ref", 0.0) * t
+        if entropy:
+            self.entropy += float((entropy[0] * mask).sum())
+        self.micro += 1
+        self.mtp.add(out)
 
 
 def _reduce(values: list[float], group: Any) -> list[float]:
@@ -272,6 +294,47 @@ def _grpo_lm_loss(
         return loss * scale if scale != 1 else loss
 
     return lm_loss
+
+
+@dataclass
+class _Pieces:
+    """What one mini-batch's micro-batches share: the stage function of the GRPO update (the trunk's
+    loss is GRPO's, the MTP depths' scale is a mean over the micro-batches, the SFT convention)."""
+
+    model: Any
+    mode: str
+    cfg: GRPOConfig
+    old: Tensor
+    adv: Tensor
+    ref: Tensor | None
+    n_tokens: float
+    dp_size: int
+    mtp_scale: float
+    acc: _Acc
+
+    def stage(self, rows_of: dict[int, Tensor]) -> pipeline.StageFn:
+        def run(mb: Batch, received: Tensor | None) -> mtp_modes.ForwardOutput | Tensor:
+            rows, device = rows_of[id(mb)], mb.labels.device
+            stats: dict[str, float] = {}
+            entropy: list[Tensor] = []
+            lm_loss = _grpo_lm_loss(
+                self.model,
+                mb,
+                self.old[rows].to(device),
+                self.adv[rows].to(device),
+                self.ref[rows].to(device) if self.ref is not None else None,
+                self.cfg,
+                self.n_tokens,
+                self.dp_size,
+                stats,
+                entropy,
+            )
+            out = mtp_modes.stage_forward(self.model, mb, self.mode, self.mtp_scale, received, lm_loss=lm_loss)
+            if isinstance(out, mtp_modes.ForwardOutput):  # the last stage: the losses are here
+                self.acc.add(stats, entropy, mb.loss_mask, out)
+            return out
+
+        return run
 
 
 def rl_step(
@@ -334,8 +397,8 @@ def rl_step(
     use_ref = ref_model is not None and cfg.kl_coef > 0
     ref = _logprobs_in_chunks(ref_model, batch, minis, cfg.micro_batch_size) if use_ref else None
 
-    acc = _Acc()
-    policy_losses: list[float] = []
+    depth = int(getattr(model.config, "mtp_num_layers", None) or 0) if mode != mtp_modes.DISABLED else 0
+    acc = _Acc(mtp=mtp_modes.DepthSums([0.0] * depth, [0.0] * depth, [0.0] * depth))
     norms: list[list[float]] = []
     for mini in minis:
         optimizer.zero_grad(set_to_none=True)
@@ -343,57 +406,28 @@ def rl_step(
         moe.set_aux_loss_scale(1.0 / len(micros), device)  # MoE router loss: a mean over the micro-batches
         # The token-level mean over the whole mini-batch, all ranks: each piece divides by this.
         n_tokens = max(_reduce([float(batch.loss_mask[mini].sum())], group)[0], 1.0)
-        mini_loss = 0.0
-        for rows in micros:
-            mb = _rows(batch, rows).to(device)
-            stats: dict[str, float] = {}
-            entropy: list[Tensor] = []
-
-            lm_loss = _grpo_lm_loss(
-                model,
-                mb,
-                old[rows].to(device),
-                adv[rows].to(device),
-                ref[rows].to(device) if ref is not None else None,
-                cfg,
-                n_tokens,
-                dp_size,
-                stats,
-                entropy,
-            )
-            # The MTP depth losses are per-micro-batch means (the SFT convention): average them.
-            out = mtp_modes.forward(model, mb, mode, mtp_loss_scaling_factor / len(micros), lm_loss=lm_loss)
-            out.loss.backward()
-            t = stats["tokens"]
-            acc.tokens += t
-            acc.pg_loss += stats["pg_loss"]
-            mini_loss += stats["loss"]
-            acc.clip += stats["clip_fraction"] * t
-            acc.kl_old += stats["approx_kl"] * t
-            acc.ratio += stats["ratio_mean"] * t
-            acc.kl_ref += stats.get("kl_ref", 0.0) * t
-            if entropy:
-                acc.entropy += float((entropy[0] * mb.loss_mask).sum())
-            acc.micro += 1
-            acc.mtp.add(out)
+        acc.policy_losses.append(0.0)
+        mbs = [_rows(batch, rows).to(device) for rows in micros]
+        pieces = _Pieces(model, mode, cfg, old, adv, ref, n_tokens, dp_size, mtp_loss_scaling_factor / len(micros), acc)
+        stage = pieces.stage(dict(zip((id(mb) for mb in mbs), micros, strict=True)))
+        pipeline.run(model, mbs, stage, 1.0)
         allreduce_grads(model, group)
         allreduce_tensor_parallel_grads(model)
+        pipeline.allreduce_embedding_grads(model)
         step_norms = []
         for params in mtp_modes.clip_groups(model, mode):
             with_grad = [p for p in params if p.grad is not None]
-            if with_grad:
+            if with_grad or pipeline.size() > 1:  # every stage joins each group's norm reduction
                 limit = clip_grad if clip_grad > 0 else float("inf")
                 step_norms.append(clip_grad_norm(with_grad, limit))
         norms.append(step_norms)
         optimizer.step()
-        policy_losses.append(mini_loss)
 
-    return _summary(acc, policy_losses, norms, sequences, group, use_ref, cfg)
+    return _summary(acc, norms, sequences, group, use_ref, cfg)
 
 
 def _summary(
     acc: _Acc,
-    policy_losses: list[float],
     norms: list[list[float]],
     sequences: Sequence[RolloutSequence],
     group: Any,
@@ -402,26 +436,13 @@ def _summary(
 ) -> dict[str, Any]:
     d = acc.mtp.depth
     lengths = float(sum(len(s.response) for s in sequences))
-    red = _reduce(
-        [
-            acc.tokens,
-            acc.clip,
-            acc.kl_old,
-            acc.kl_ref,
-            acc.ratio,
-            acc.entropy,
-            float(acc.micro),
-            lengths,
-            float(len(sequences)),
-            sum(policy_losses),
-            acc.pg_loss,
-            *acc.mtp.flat(),
-        ],
-        group,
-    )
+    # With pipeline parallel only the last stage has the losses: summed over the stages first.
+    sums = (acc.tokens, acc.clip, acc.kl_old, acc.kl_ref, acc.ratio, acc.entropy, float(acc.micro))
+    last = pipeline.sum_over_stages([*sums, sum(acc.policy_losses), acc.pg_loss, *acc.mtp.flat()])
+    red = _reduce([*last[:7], lengths, float(len(sequences)), *last[7:]], group)
     tokens, micro, n_seq = max(red[0], 1.0), max(red[6], 1.0), max(red[8], 1.0)
     mtp_losses, mtp_agreement = mtp_modes.DepthSums.means(red[11:], d, micro)
-    n_mini = len(policy_losses)
+    n_mini = len(acc.policy_losses)
     stats: dict[str, Any] = {
         "policy_loss": red[9] / n_mini,
         "pg_loss": red[10] / n_mini,
