@@ -10,10 +10,11 @@ loss, so the three MTP modes keep exactly the cuts they have in SFT (docs/mtp-tr
 - ``disabled``: the MTP forward is skipped and its (frozen) weights never change.
 - ``joint``: the MTP cross-entropy is added with the scaling factor and reaches the trunk.
 
-Old log-probabilities: when the caller passes none, they are recomputed by the trainer, under
-``no_grad``, on the weights before the first update of the step, with the same micro-batches as
-the update (so with one mini-batch the ratio is exactly 1 and the clip is inactive; with more, the
-later mini-batches are off-policy by the earlier updates and the clip bounds them).
+Old log-probabilities: when the caller passes none, they are the weights' before the first update of
+the step. The first mini-batch's update forward runs those weights, so its own log-probs (detached)
+serve: the ratio is exactly 1 by construction, whatever the BLAS rounding, and no extra pass runs.
+The later mini-batches' are recomputed under ``no_grad`` before the first update, with the same
+micro-batches as their update; those are off-policy by the earlier updates and the clip bounds them.
 
 Data parallel: each rank passes its own share of the sequences; the policy loss is normalised by the
 mini-batch's response-token count summed over ranks, the gradients are averaged with
@@ -186,8 +187,8 @@ def sequence_logprobs(
 
 
 def _logprobs_in_chunks(model: Any, batch: Batch, minis: list[Tensor], micro_batch_size: int) -> Tensor:
-    """Log-probs computed with exactly the micro-batches that the update will use, so that a
-    recomputed old log-prob equals the update's first forward bit for bit. With pipeline parallel
+    """Log-probs of the rows of ``minis``, computed with exactly the micro-batches that the update
+    will use (zeros elsewhere). With pipeline parallel
     only the last stage computes them (zeros elsewhere): it is the only stage that uses them."""
     device = _device(model)
     out = torch.zeros(batch.labels.shape)
@@ -263,7 +264,7 @@ def _dp(dp_group: Any) -> tuple[Any, int]:
 def _grpo_lm_loss(
     model: Any,
     mb: Batch,
-    old: Tensor,
+    old: Tensor | None,
     adv: Tensor,
     ref: Tensor | None,
     cfg: GRPOConfig,
@@ -272,7 +273,9 @@ def _grpo_lm_loss(
     stats: dict[str, float],
     entropy: list[Tensor],
 ) -> mtp_modes.LMLoss:
-    """The GRPO loss as ``mtp_modes.forward``'s trunk loss; fills ``stats`` and ``entropy``."""
+    """The GRPO loss as ``mtp_modes.forward``'s trunk loss; fills ``stats`` and ``entropy``. ``old``
+    None: the policy has not moved yet (the first mini-batch, old log-probs not given), so the old
+    log-probs are this forward's own, detached: the ratio is 1 by construction."""
 
     def lm_loss(logits: Tensor) -> Tensor:
         if cfg.log_entropy:  # before the cross-entropy, which rewrites float32 logits
@@ -280,7 +283,7 @@ def _grpo_lm_loss(
         logp = token_logprobs(model, logits, mb.labels)
         loss, st = grpo.policy_loss(
             logp,
-            old,
+            logp.detach() if old is None else old,
             adv,
             mb.loss_mask,
             cfg.clip_low,
@@ -304,7 +307,7 @@ class _Pieces:
     model: Any
     mode: str
     cfg: GRPOConfig
-    old: Tensor
+    old: Tensor | None  # None: this forward's own log-probs are the old ones (_grpo_lm_loss)
     adv: Tensor
     ref: Tensor | None
     n_tokens: float
@@ -320,7 +323,7 @@ class _Pieces:
             lm_loss = _grpo_lm_loss(
                 self.model,
                 mb,
-                self.old[rows].to(device),
+                self.old[rows].to(device) if self.old is not None else None,
                 self.adv[rows].to(device),
                 self.ref[rows].to(device) if self.ref is not None else None,
                 self.cfg,
@@ -389,8 +392,11 @@ def rl_step(
     if adv.shape not in ((b,), (b, width)):
         raise ValueError(f"advantages have shape {tuple(adv.shape)}, expected {(b,)} or {(b, width)}")
     minis = _chunks(b, cfg.mini_batches)
+    # Not given: the generating policy is the one before this step. The first mini-batch's update
+    # forward runs it as it is, so its own log-probs serve (no extra pass); the later mini-batches'
+    # are computed now, before the first update moves the policy.
     old = (
-        _logprobs_in_chunks(model, batch, minis, cfg.micro_batch_size)
+        _logprobs_in_chunks(model, batch, minis[1:], cfg.micro_batch_size)
         if old_logp is None
         else per_token(sequences, old_logp, width)
     )
@@ -408,7 +414,9 @@ def rl_step(
         n_tokens = max(_reduce([float(batch.loss_mask[mini].sum())], group)[0], 1.0)
         acc.policy_losses.append(0.0)
         mbs = [_rows(batch, rows).to(device) for rows in micros]
-        pieces = _Pieces(model, mode, cfg, old, adv, ref, n_tokens, dp_size, mtp_loss_scaling_factor / len(micros), acc)
+        mini_old = None if old_logp is None and mini is minis[0] else old
+        scale = mtp_loss_scaling_factor / len(micros)
+        pieces = _Pieces(model, mode, cfg, mini_old, adv, ref, n_tokens, dp_size, scale, acc)
         stage = pieces.stage(dict(zip((id(mb) for mb in mbs), micros, strict=True)))
         pipeline.run(model, mbs, stage, 1.0)
         allreduce_grads(model, group)
