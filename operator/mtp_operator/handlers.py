@@ -21,6 +21,7 @@ import kopf
 
 from mtp_api import types as t
 from mtp_operator import metrics, names
+from mtp_operator.coalesce import Coalescer
 from mtp_operator.kube import ApiClient, ApiError, Kube, NotFound
 from mtp_operator.metrics_store import JobKey
 from mtp_operator.observed import ChildState, PodState, observed_from, summarize_child, summarize_pod
@@ -177,7 +178,22 @@ def make_registry(config: OperatorConfig, login_fn: Any = login) -> kopf.Operato
     def idx_jobs(meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> dict[JobKey, dict[str, Any]]:
         return {(meta.get("namespace", ""), meta.get("name", "")): _snapshot(body)}
 
+    coalescer: Coalescer[JobKey] = Coalescer()
+
     async def run(key: JobKey, body: Mapping[str, Any], trigger: str, kwargs: Mapping[str, Any]) -> None:
+        """Reconcile ``key``, or once more after its running reconcile (coalesce.py); a reconcile run
+        again reads the newest job from the jobs index."""
+
+        async def once(why: str, first: bool) -> bool:
+            stored = kwargs["idx_jobs"].get(key)
+            if not first and not stored:
+                return False  # deleted meanwhile
+            await run_once(key, body if first else _latest(stored, None), why, kwargs)
+            return True
+
+        await coalescer.run(key, trigger, once)
+
+    async def run_once(key: JobKey, body: Mapping[str, Any], trigger: str, kwargs: Mapping[str, Any]) -> None:
         runtime: Runtime = kwargs["memo"].runtime
         assert runtime.api is not None
         kube = Kube(runtime.api, kwargs["logger"])
