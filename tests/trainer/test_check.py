@@ -63,6 +63,7 @@ def test_7b_plan_defers_the_claim_it_cannot_read(capsys: pytest.CaptureFixture[s
         "tensor": 2,
         "pipeline": 1,
         "data": 4,
+        "expert": 1,
         "sequence_parallel": True,
         "recompute": "none",
         "distributed_optimizer": True,

@@ -186,6 +186,7 @@ def plan(job_file: Path) -> dict[str, Any]:
             "tensor": cfg.parallel.tensor_parallel_size,
             "pipeline": cfg.parallel.pipeline_parallel_size,
             "data": world // (cfg.parallel.tensor_parallel_size * cfg.parallel.pipeline_parallel_size),
+            "expert": cfg.parallel.expert_parallel_size,
             "sequence_parallel": strat.sequence_parallel,
             "recompute": str(strat.recompute),
             "distributed_optimizer": strat.distributed_optimizer,
