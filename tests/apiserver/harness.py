@@ -88,7 +88,6 @@ class OperatorThread:
         self.settings = make_settings(self.config)
         # Exit promptly: the defaults give workers seconds to drain queues of a long-lived process.
         self.settings.batching.exit_timeout = 0.1
-        self.settings.batching.idle_timeout = 0.5
         self.settings.background.instant_exit_timeout = 0.1
         self.settings.persistence.consistency_timeout = 0.5
         self._ready = threading.Event()
