@@ -21,41 +21,19 @@ import torch.multiprocessing as mp
 from megatron.core import parallel_state as ps
 
 from mtp_trainer import moe, mtp_modes
-from mtp_trainer.config import ModelConfig
-from mtp_trainer.data import causal_batch
 from mtp_trainer.sharding import full_state_dict
 
 from ..gloo_ranks import free_port
 from .conftest import build_model
+from .parallel_models import MOE, random_batches
 
-MOE = ModelConfig(
-    family="qwen3_next",
-    hidden_size=64,
-    num_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    ffn_hidden_size=128,
-    vocab_size=256,
-    mtp_num_layers=1,
-    max_position_embeddings=512,
-    num_experts=4,
-    num_experts_per_tok=2,
-    moe_intermediate_size=32,
-    shared_expert_intermediate_size=48,
-)
 MAX_NORM = 0.05  # below every measured norm, so clipping scales every gradient
 MODES = (mtp_modes.JOINT, mtp_modes.STANDALONE, mtp_modes.DISABLED)
 
 
 def _batches() -> list[mtp_modes.Batch]:
     """Rank r's micro-batch is batch r; the one-process run accumulates both."""
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(2):
-        ids = torch.randint(2, MOE.vocab_size, (2, 33), generator=g)
-        out.append(causal_batch(ids, torch.ones(2, 32)))
-    return out
+    return random_batches(2)
 
 
 def _step(model: torch.nn.Module, mode: str, batches: list[mtp_modes.Batch], clip: object) -> dict[str, object]:

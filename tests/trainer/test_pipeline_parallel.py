@@ -26,55 +26,26 @@ import torch.multiprocessing as mp
 from megatron.core import parallel_state as ps
 
 from mtp_trainer import mtp_modes, pipeline
-from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION, ModelConfig
-from mtp_trainer.data import causal_batch
+from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION
 from mtp_trainer.sharding import full_state_dict
 
 from ..gloo_ranks import free_port
 from .conftest import build_model
+from .parallel_models import HYBRID, MOE, random_batches
 
-MOE_TIED = ModelConfig(
-    family="qwen3_next",
-    hidden_size=64,
-    num_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    ffn_hidden_size=128,
-    vocab_size=256,
-    mtp_num_layers=1,
-    max_position_embeddings=512,
-    tie_word_embeddings=True,
-    num_experts=4,
-    num_experts_per_tok=2,
-    moe_intermediate_size=32,
-    shared_expert_intermediate_size=48,
+MOE_TIED = replace(MOE, tie_word_embeddings=True)
+# Stage 0 builds two linear layers, stage 1 a linear and the full one: a stage that built the first
+# layers' types again would build two linear layers there.
+HYBRID_4 = replace(
+    HYBRID, num_layers=4, layer_types=(LINEAR_ATTENTION, LINEAR_ATTENTION, LINEAR_ATTENTION, FULL_ATTENTION)
 )
-HYBRID = replace(
-    MOE_TIED,
-    family="qwen3_5",
-    num_layers=4,
-    tie_word_embeddings=False,
-    # Stage 0 builds two linear layers, stage 1 a linear and the full one: a stage that built the
-    # first layers' types again would build two linear layers there.
-    layer_types=(LINEAR_ATTENTION, LINEAR_ATTENTION, LINEAR_ATTENTION, FULL_ATTENTION),
-    linear_num_key_heads=2,
-    linear_num_value_heads=4,
-    linear_key_head_dim=16,
-    linear_value_head_dim=16,
-)
-MODELS = {"moe-tied": MOE_TIED, "hybrid": HYBRID}
+MODELS = {"moe-tied": MOE_TIED, "hybrid": HYBRID_4}
 MAX_NORM = 0.05  # below every measured norm, so clipping scales every gradient
 MODES = (mtp_modes.JOINT, mtp_modes.STANDALONE, mtp_modes.DISABLED)
 
 
 def _batches() -> list[mtp_modes.Batch]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(2):
-        ids = torch.randint(2, MOE_TIED.vocab_size, (2, 33), generator=g)
-        out.append(causal_batch(ids, torch.ones(2, 32)))
-    return out
+    return random_batches(2)
 
 
 def _step(model: torch.nn.Module, mode: str, clip: object) -> dict[str, object]:
@@ -172,7 +143,5 @@ def test_stages_that_cannot_split_the_layers_evenly_are_refused_by_name() -> Non
     from mtp_trainer.model_provider import ModelProvider
 
     with pytest.raises(ConfigError, match=r"spec.trainer.strategy.pipelineParallelSize 2 must divide the model's 3"):
-        ModelProvider(
-            replace(HYBRID, num_layers=3, layer_types=HYBRID.layer_types[:3]), pipeline_parallel_size=2
-        ).check()
-    assert list(ModelProvider(HYBRID, pipeline_parallel_size=2).stage_layers(1)) == [2, 3]
+        ModelProvider(HYBRID, pipeline_parallel_size=2).check()  # 3 layers
+    assert list(ModelProvider(HYBRID_4, pipeline_parallel_size=2).stage_layers(1)) == [2, 3]

@@ -11,7 +11,6 @@ their gradients back to full tensors.
 from __future__ import annotations
 
 import socket
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,36 +19,13 @@ import torch.multiprocessing as mp
 from megatron.core import parallel_state as ps
 
 from mtp_trainer import mtp_modes
-from mtp_trainer.config import FULL_ATTENTION, LINEAR_ATTENTION, ModelConfig
-from mtp_trainer.data import causal_batch
+from mtp_trainer.config import ModelConfig
 from mtp_trainer.families.qwen3_next import gdn_tensor_parallel_layout
 from mtp_trainer.sharding import full_state_dict
 
 from .conftest import build_model
+from .parallel_models import DENSE, HYBRID, MOE, random_batches
 
-DENSE = ModelConfig(
-    family="qwen3_next",
-    hidden_size=64,
-    num_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    ffn_hidden_size=128,
-    vocab_size=256,
-    mtp_num_layers=1,
-    max_position_embeddings=512,
-)
-HYBRID = replace(
-    DENSE,
-    family="qwen3_5",
-    num_layers=3,
-    layer_types=(LINEAR_ATTENTION, LINEAR_ATTENTION, FULL_ATTENTION),
-    linear_num_key_heads=2,
-    linear_num_value_heads=4,
-    linear_key_head_dim=16,
-    linear_value_head_dim=16,
-)
-MOE = replace(DENSE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
 # name -> (model, sequence parallel at TP 2). The 1-process reference is the same for both settings.
 # Three spawns, not five (each is ~35 s of the suite): the dense layout without SP, the hybrid with
 # SP (the Gated DeltaNet's TP split and SP's reduce-scatter, the norms' summed gradients) and the MoE
@@ -66,9 +42,7 @@ MODES = (mtp_modes.JOINT, mtp_modes.STANDALONE, mtp_modes.DISABLED)
 
 
 def _batch() -> mtp_modes.Batch:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(2, DENSE.vocab_size, (2, 33), generator=g)
-    return causal_batch(ids, torch.ones(2, 32))
+    return random_batches(1)[0]
 
 
 def _step(model: torch.nn.Module, mode: str, clip: object, m: ModelConfig) -> dict[str, object]:
