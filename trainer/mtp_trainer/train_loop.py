@@ -27,7 +27,15 @@ from mtp_trainer.data import BatchSchedule, PackedRows, eval_batches
 from mtp_trainer.metrics import Metrics, StepRecord
 from mtp_trainer.optimizer import build_optimizer
 
-__all__ = ["Trainer", "allreduce_grads", "build_optimizer", "clip_grad_norm", "is_expert_parallel", "lr_at"]
+__all__ = [
+    "Trainer",
+    "allreduce_grads",
+    "build_optimizer",
+    "clip_grad_norm",
+    "finish_and_clip",
+    "is_expert_parallel",
+    "lr_at",
+]
 
 
 def lr_at(step: int, o: OptimConfig) -> float:
@@ -149,6 +157,24 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
     return float(total)
 
 
+def finish_and_clip(model: nn.Module, mode: str, max_norm: float, dp_group: Any = None) -> list[float]:
+    """After backward, before the optimizer step (SFT and the RL policy step alike): Megatron's
+    ``finalize_model_grads`` pieces (tensor-parallel partial sums, the pipeline's embedding copy, the
+    data-parallel mean), then one clip per ``mtp_modes.clip_groups`` group; returns each group's norm
+    before clipping. ``max_norm`` 0 means no clip. With pipeline parallel every stage joins each group's
+    norm, even one that holds none of its weights."""
+    allreduce_tensor_parallel_grads(model)
+    pipeline.allreduce_embedding_grads(model)
+    allreduce_grads(model, dp_group)
+    limit = max_norm if max_norm > 0 else float("inf")
+    norms = []
+    for group in mtp_modes.clip_groups(model, mode):
+        with_grad = [p for p in group if p.grad is not None]
+        if with_grad or pipeline.size() > 1:
+            norms.append(clip_grad_norm(with_grad, limit))
+    return norms
+
+
 @dataclass
 class _Sums:
     lm_loss: float = 0.0
@@ -224,13 +250,7 @@ class Trainer:
 
         for out in pipeline.run(self.model, batches, stage, 1.0 / accum):
             sums.add(out)
-        self._allreduce_grads()
-        norms = []
-        for group in mtp_modes.clip_groups(self.model, mode):
-            with_grad = [p for p in group if p.grad is not None]
-            if with_grad or pipeline.size() > 1:  # every stage joins each group's norm reduction
-                clip = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else float("inf")
-                norms.append(clip_grad_norm(with_grad, clip))
+        norms = finish_and_clip(self.model, mode, cfg.optim.clip_grad)
         self.optimizer.step()
         lm, losses, agree, lm_agree = sums.reduced(self._dp_group())
         dt = time.perf_counter() - t0
@@ -256,11 +276,6 @@ class Trainer:
     def _depth(self, mode: str) -> int:
         """MTP depths whose losses this mode reports (0 in ``disabled``)."""
         return self.cfg.model.mtp_num_layers if mode != mtp_modes.DISABLED else 0
-
-    def _allreduce_grads(self) -> None:
-        allreduce_tensor_parallel_grads(self.model)
-        pipeline.allreduce_embedding_grads(self.model)
-        allreduce_grads(self.model)
 
     @torch.no_grad()
     def evaluate(self, step: int, max_batches: int | None = None) -> StepRecord | None:

@@ -17,14 +17,14 @@ The later mini-batches' are recomputed under ``no_grad`` before the first update
 micro-batches as their update; those are off-policy by the earlier updates and the clip bounds them.
 
 Data parallel: each rank passes its own share of the sequences; the policy loss is normalised by the
-mini-batch's response-token count summed over ranks, the gradients are averaged with
-``train_loop.allreduce_grads`` (the SFT loop's), and the statistics are reduced over the group.
+mini-batch's response-token count summed over ranks, the gradients get the SFT loop's
+finish (``train_loop.finish_and_clip``: data-parallel mean, tensor-parallel sums, the pipeline's
+embedding copy, one clip per group), and the statistics are reduced over the group.
 
 Tensor parallel: the ranks of one tensor-parallel group pass the same sequences (they share a
 data-parallel rank). Log-probabilities and entropy come from the vocab-parallel logits without a
-gather; the gradients get the SFT loop's tensor-parallel finish (``allreduce_tensor_parallel_grads``)
-and one clip norm over every shard (``train_loop.clip_grad_norm``), so each TP rank scales its shard
-by the same factor and the update equals the one-process update.
+gather; the clip norm spans every shard (``train_loop.clip_grad_norm``), so each TP rank scales its
+shard by the same factor and the update equals the one-process update.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from mtp_trainer.data import causal_batch
 from mtp_trainer.mtp_modes import Batch
 from mtp_trainer.rl import grpo
 from mtp_trainer.rl.grpo import GRPOConfig
-from mtp_trainer.train_loop import allreduce_grads, allreduce_tensor_parallel_grads, clip_grad_norm
+from mtp_trainer.train_loop import finish_and_clip
 
 
 @dataclass(frozen=True)
@@ -419,16 +419,7 @@ def rl_step(
         pieces = _Pieces(model, mode, cfg, mini_old, adv, ref, n_tokens, dp_size, scale, acc)
         stage = pieces.stage(dict(zip((id(mb) for mb in mbs), micros, strict=True)))
         pipeline.run(model, mbs, stage, 1.0)
-        allreduce_grads(model, group)
-        allreduce_tensor_parallel_grads(model)
-        pipeline.allreduce_embedding_grads(model)
-        step_norms = []
-        for params in mtp_modes.clip_groups(model, mode):
-            with_grad = [p for p in params if p.grad is not None]
-            if with_grad or pipeline.size() > 1:  # every stage joins each group's norm reduction
-                limit = clip_grad if clip_grad > 0 else float("inf")
-                step_norms.append(clip_grad_norm(with_grad, limit))
-        norms.append(step_norms)
+        norms.append(finish_and_clip(model, mode, clip_grad, group))
         optimizer.step()
 
     return _summary(acc, norms, sequences, group, use_ref, cfg)
