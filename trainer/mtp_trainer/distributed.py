@@ -59,6 +59,11 @@ def init(
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
+def collective_device() -> torch.device:
+    """Where a tensor built for a collective must live: the current GPU under nccl, else the CPU (gloo)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def shutdown() -> None:
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()

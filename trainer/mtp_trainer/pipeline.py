@@ -29,6 +29,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from torch import Tensor, nn
 
+from mtp_trainer import distributed
 from mtp_trainer.mtp_modes import Batch, ForwardOutput
 
 StageFn = Callable[[Batch, Tensor | None], ForwardOutput | Tensor]
@@ -120,12 +121,12 @@ def _gpipe(
     return outs
 
 
-def sum_over_stages(values: list[float], device: torch.device | None = None) -> list[float]:
+def sum_over_stages(values: list[float]) -> list[float]:
     """Sum a statistics vector over the pipeline group: the last stage holds the numbers, every other
     stage passes zeros of the same length, and every stage gets the last stage's numbers back."""
     if size() == 1:
         return values
-    vec = torch.tensor(values, dtype=torch.float64, device=device)
+    vec = torch.tensor(values, dtype=torch.float64, device=distributed.collective_device())
     dist.all_reduce(vec, group=ps.get_pipeline_model_parallel_group())
     return vec.tolist()
 

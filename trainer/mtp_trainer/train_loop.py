@@ -21,7 +21,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from torch import nn
 
-from mtp_trainer import checkpoint, moe, mtp_modes, pipeline
+from mtp_trainer import checkpoint, distributed, moe, mtp_modes, pipeline
 from mtp_trainer.config import OptimConfig, TrainerConfig
 from mtp_trainer.data import BatchSchedule, PackedRows, eval_batches
 from mtp_trainer.metrics import Metrics, StepRecord
@@ -108,10 +108,6 @@ def allreduce_tensor_parallel_grads(model: nn.Module) -> None:
             dist.all_reduce(p.grad, group=group)
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
     """``torch.nn.utils.clip_grad_norm_`` over the whole model, tensor- and pipeline-parallel aware:
     the global L2 norm sums the squares of every TP shard (all-reduced over the TP group), counts a
@@ -129,7 +125,7 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
     ep = ps.get_expert_model_parallel_world_size() if tp_group is not None and dist.is_initialized() else 1
     if tp == 1 and pp == 1 and ep == 1:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if grads else 0.0
-    device = grads[0].device if grads else _default_device()
+    device = grads[0].device if grads else distributed.collective_device()
     sharded = torch.zeros((), dtype=torch.float32, device=device)
     whole = torch.zeros((), dtype=torch.float32, device=device)
     experts = torch.zeros((), dtype=torch.float32, device=device)
